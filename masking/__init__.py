@@ -1,0 +1,3 @@
+"""Profile-based masking and pseudonymization (built in the masking milestone)."""
+
+__all__: list[str] = []

@@ -1,0 +1,64 @@
+"""The ASGI application: ``create_app(settings) -> Starlette``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from proxy.errors import MethodNotAllowedError, NotFoundError, ProxyError
+from proxy.health import healthz, readyz
+from proxy.middleware import RequestContextMiddleware
+from proxy.pipeline import FhirEndpoint
+from proxy.responses import outcome_response
+from proxy.settings import Settings
+from proxy.state import ProxyState
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the proxy application for ``settings`` (pools open in the lifespan)."""
+    state = ProxyState(settings)
+    endpoint = FhirEndpoint(settings, state.router, state.rewriter)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.open()
+        try:
+            yield
+        finally:
+            await state.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Mount(settings.server.base_path, app=endpoint),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware, access_log=settings.server.access_log)],
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.proxy = state
+    return app
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return outcome_response(MethodNotAllowedError())
+    if exc.status_code == 404:
+        return outcome_response(NotFoundError())
+    return outcome_response(ProxyError())
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return outcome_response(ProxyError())

@@ -1,0 +1,125 @@
+"""The ``fhirwall`` command: serve, demo, check-config, config-schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.settings import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fhirwall`` console command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.handler(args)
+    except ConfigError as error:
+        _print_problems(error)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhirwall", description="A fail-closed FHIR compliance proxy.")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    _add_serve_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run an embedded upstream with synthetic patients behind the proxy"
+    )
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--upstream-port", type=int, default=8090, help="embedded upstream port (default 8090)")
+    demo.add_argument("--patients", type=int, default=4, help="synthetic patients to load (default 4, max 6)")
+    demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser("check-config", help="validate a configuration file and report every problem")
+    check.add_argument("config", type=Path)
+    check.set_defaults(handler=_check_config)
+
+    schema = commands.add_parser("config-schema", help="print the JSON Schema of the configuration file")
+    schema.set_defaults(handler=_config_schema)
+    return parser
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, help="YAML configuration file")
+    parser.add_argument("--upstream", help="upstream FHIR base URL (the default upstream)")
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 8080)")
+    parser.add_argument("--workers", type=int, help="worker processes")
+    parser.add_argument("--public-base-url", help="the FHIR base URL clients see")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as dotted settings overrides."""
+    overrides: dict[str, Any] = {}
+    for flag, key in (
+        ("host", "server.host"),
+        ("port", "server.port"),
+        ("workers", "server.workers"),
+        ("public_base_url", "server.public_base_url"),
+        ("log_level", "server.log_level"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.upstream is not None:
+        overrides["upstreams"] = [{"name": "default", "url": args.upstream}]
+    return overrides
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from proxy.serve import run_server
+
+    settings = load_settings(args.config, overrides=serve_overrides(args))
+    run_server(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(proxy_port=args.port, upstream_port=args.upstream_port, patients=args.patients)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(f"{args.config}: OK ({len(settings.upstreams)} upstream(s))")
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def schema_text() -> str:
+    """The configuration JSON Schema as shipped in ``proxy/settings.schema.json``."""
+    schema = Settings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "fhirwall configuration"
+    return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+
+
+def _print_problems(error: ConfigError) -> None:
+    print(f"configuration invalid: {len(error.problems)} problem(s)", file=sys.stderr)
+    for path, message in error.problems:
+        print(f"  {path}: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""The enforcement point: one FHIR request from the client to the upstream and back.
+
+    classify -> check formats -> read and check the body -> route -> forward -> check and rewrite the response
+
+Every failure is a ``ProxyError`` rendered as an OperationOutcome; an unexpected exception becomes a 500
+OperationOutcome. Nothing reaches the client that did not pass through the response checks, except raw
+Binary content, which is streamed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from proxy.body import RawBodyStream, check_declared_length, parse_json_object, read_body
+from proxy.capabilities import proxy_capabilities, resource_entries
+from proxy.errors import (
+    InvalidPathError,
+    InvalidRequestError,
+    InvalidUpstreamResponseError,
+    PayloadTooLargeError,
+    ProxyError,
+    UnsupportedMediaTypeError,
+)
+from proxy.fhir.bundle import classify_entries
+from proxy.fhir.media import (
+    FHIR_JSON_TYPES,
+    BodyKind,
+    body_kind,
+    check_accept,
+    check_format_param,
+    media_type,
+)
+from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query
+from proxy.fhir.urls import BaseUrlRewriter
+from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
+from proxy.origin import resolve_origin
+from proxy.responses import fhir_response, outcome_response, raw_stream_response
+from proxy.settings import Settings
+from proxy.upstream import BufferedResponse, Upstream, UpstreamRouter
+
+__all__ = ["FhirEndpoint"]
+
+logger = logging.getLogger("fhirwall.pipeline")
+
+_BODY_INTERACTIONS = frozenset({Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.BATCH})
+_UPSTREAM_ACCEPT = "application/fhir+json"
+
+
+@dataclass(slots=True)
+class ProxyCall:
+    """Everything known about one client request once it has been checked."""
+
+    request: FhirRequest
+    public_base: str
+    request_id: str
+    headers: dict[str, str]
+    relative_path: str
+    query: str
+    body: bytes | None = None
+    document: dict[str, Any] | None = None
+    raw_body: RawBodyStream | None = None
+    raw_response: bool = False
+
+
+class FhirEndpoint:
+    """ASGI app serving the FHIR API below ``settings.server.base_path``."""
+
+    def __init__(self, settings: Settings, router: UpstreamRouter, rewriter: BaseUrlRewriter) -> None:
+        self.settings = settings
+        self.router = router
+        self.rewriter = rewriter
+        self._base_path = settings.server.base_path
+        self._trusted = settings.server.trusted_networks()
+        self._limits = settings.limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.handle(scope, receive)
+        except ProxyError as error:
+            response = outcome_response(error)
+        except Exception:
+            logger.exception("unexpected error while handling a FHIR request")
+            response = outcome_response(ProxyError())
+        await response(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive) -> Response:
+        """Check, forward and answer one request."""
+        call = self._prepare(scope)
+        await self._read_body(call, receive)
+        if call.request.interaction is Interaction.CAPABILITIES:
+            return await self._capabilities(call)
+        upstream = self._route(call)
+        if call.raw_response or call.raw_body is not None:
+            return await self._forward_raw(call, upstream)
+        return await self._forward_json(call, upstream)
+
+    # -- request side -------------------------------------------------------------------------------------
+
+    def _prepare(self, scope: Scope) -> ProxyCall:
+        raw_headers = scope["headers"]
+        check_refused_headers(raw_headers)
+        headers = _header_dict(raw_headers)
+        client = scope.get("client")
+        origin = resolve_origin(client[0] if client else None, scope["scheme"], headers, self._trusted)
+        public_base = self.settings.server.public_base_url or origin.base_url(self._base_path)
+        relative_path = self._relative_path(scope)
+        query = scope["query_string"].decode("latin-1")
+        request = classify(scope["method"], relative_path, query)
+        check_format_param(request.param_values("_format"))
+        raw_response = check_accept(headers.get("accept"), raw_allowed=_is_binary_read(request))
+        request_id = scope.get("state", {}).get("request_id", "")
+        return ProxyCall(
+            request, public_base, request_id, headers, relative_path, query, raw_response=raw_response
+        )
+
+    def _relative_path(self, scope: Scope) -> str:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        text = raw_path.decode("latin-1")
+        if not text.startswith(self._base_path):
+            raise InvalidPathError()
+        return text[len(self._base_path) :]
+
+    async def _read_body(self, call: ProxyCall, receive: Receive) -> None:
+        request = call.request
+        if request.interaction is Interaction.SEARCH_SYSTEM or request.interaction is Interaction.SEARCH_TYPE:
+            if request.method == "POST":
+                await self._read_search_form(call, receive)
+            return
+        if request.interaction not in _BODY_INTERACTIONS and not _is_post_operation(request):
+            return
+        kind = body_kind(
+            call.headers.get("content-type"),
+            raw_allowed=_is_binary_write(request),
+            patch=request.interaction is Interaction.PATCH,
+        )
+        if kind is BodyKind.RAW:
+            check_declared_length(call.headers, self._limits.max_binary_bytes)
+            call.raw_body = RawBodyStream(receive, self._limits.max_binary_bytes)
+            return
+        check_declared_length(call.headers, self._limits.max_body_bytes)
+        call.body = await read_body(receive, self._limits.max_body_bytes)
+        if kind is BodyKind.JSON_PATCH:
+            _check_json_patch(call.body)
+            return
+        call.document = parse_json_object(call.body)
+        call.request = _check_resource_body(request, call.document)
+
+    async def _read_search_form(self, call: ProxyCall, receive: Receive) -> None:
+        content_type = media_type(call.headers.get("content-type"))
+        if content_type != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaTypeError("POST _search needs application/x-www-form-urlencoded parameters")
+        check_declared_length(call.headers, self._limits.max_body_bytes)
+        call.body = await read_body(receive, self._limits.max_body_bytes)
+        form = parse_query(call.body.decode("latin-1"))
+        check_format_param([value for key, value in form if key == "_format"])
+        call.request = replace(call.request, params=call.request.params + form)
+
+    def _route(self, call: ProxyCall) -> Upstream:
+        request = call.request
+        if request.interaction in (Interaction.BATCH, Interaction.TRANSACTION):
+            assert call.document is not None
+            entries = classify_entries(call.document, call.public_base)
+            return self.router.for_types(entry.resource_type for entry in entries)
+        return self.router.for_type(request.resource_type)
+
+    def _upstream_headers(self, call: ProxyCall, content_type: str | None) -> dict[str, str]:
+        headers = forwardable_request_headers(call.headers)
+        headers["accept"] = call.headers.get("accept", "*/*") if call.raw_response else _UPSTREAM_ACCEPT
+        if call.request_id:
+            headers["x-request-id"] = call.request_id
+        if content_type:
+            headers["content-type"] = content_type
+        return headers
+
+    # -- forwarding ---------------------------------------------------------------------------------------
+
+    async def _forward_json(self, call: ProxyCall, upstream: Upstream) -> Response:
+        content_type = call.headers.get("content-type") if call.body is not None else None
+        headers = self._upstream_headers(call, content_type)
+        url = upstream.url_for(call.relative_path, call.query)
+        answer = await upstream.send(
+            call.request.method, url, headers, call.body, max_bytes=self._limits.max_upstream_body_bytes
+        )
+        return self._json_response(call, answer)
+
+    async def _forward_raw(self, call: ProxyCall, upstream: Upstream) -> Response:
+        content_type = call.headers.get("content-type") if call.raw_body is not None else None
+        headers = self._upstream_headers(call, content_type)
+        if call.raw_body is not None and "content-length" in call.headers:
+            headers["content-length"] = call.headers["content-length"]
+        url = upstream.url_for(call.relative_path, call.query)
+        body = call.raw_body.chunks() if call.raw_body is not None else None
+        try:
+            stream = await upstream.stream(call.request.method, url, headers, body)
+        except ProxyError:
+            if call.raw_body is not None and call.raw_body.exceeded:
+                raise PayloadTooLargeError() from None
+            raise
+        if media_type(stream.content_type) in FHIR_JSON_TYPES or stream.status >= 400:
+            payload = await stream.read(self._limits.max_upstream_body_bytes)
+            answer = BufferedResponse(stream.status, stream.headers, stream.content_type, payload)
+            return self._json_response(call, answer)
+        response_headers = self._response_headers(call, stream.headers)
+        if "content-length" in dict(stream.headers):
+            response_headers.append(("content-length", dict(stream.headers)["content-length"]))
+        return raw_stream_response(
+            stream.status,
+            stream.chunks(),
+            response_headers,
+            stream.content_type,
+            BackgroundTask(stream.close),
+        )
+
+    # -- response side ------------------------------------------------------------------------------------
+
+    def _json_response(self, call: ProxyCall, answer: BufferedResponse) -> Response:
+        if answer.status in (401, 407):
+            raise InvalidUpstreamResponseError("the upstream refused the proxy's own credentials")
+        headers = self._response_headers(call, answer.headers)
+        if not answer.body:
+            return fhir_response(answer.status, b"", headers)
+        document = _parse_upstream_json(answer)
+        body = answer.body
+        if self.rewriter.may_contain(body) and self.rewriter.rewrite_document(document, call.public_base):
+            body = orjson.dumps(document)
+        return fhir_response(answer.status, body, headers)
+
+    def _response_headers(
+        self, call: ProxyCall, upstream_headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        kept = forwardable_response_headers(upstream_headers)
+        return [
+            (name, self.rewriter.rewrite_url(value, call.public_base))
+            if name in ("location", "content-location")
+            else (name, value)
+            for name, value in kept
+        ]
+
+    async def _capabilities(self, call: ProxyCall) -> Response:
+        statements: dict[str, dict[str, Any]] = {}
+        for upstream in self.router.upstreams:
+            headers = self._upstream_headers(call, None)
+            answer = await upstream.send(
+                "GET",
+                upstream.url_for("/metadata"),
+                headers,
+                None,
+                max_bytes=self._limits.max_upstream_body_bytes,
+            )
+            if answer.status != 200:
+                raise InvalidUpstreamResponseError("an upstream did not return its CapabilityStatement")
+            statements[upstream.name] = _parse_upstream_json(answer)
+        routed = {
+            resource_type: entry
+            for upstream in self.router.upstreams
+            if upstream is not self.router.default
+            for resource_type, entry in resource_entries(statements[upstream.name]).items()
+            if self.router.for_type(resource_type) is upstream
+        }
+        statement = proxy_capabilities(statements[self.router.default.name], routed, call.public_base)
+        self.rewriter.rewrite_document(statement, call.public_base)
+        return fhir_response(200, orjson.dumps(statement))
+
+
+def _header_dict(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+def _is_binary_read(request: FhirRequest) -> bool:
+    return request.resource_type == "Binary" and request.interaction in (Interaction.READ, Interaction.VREAD)
+
+
+def _is_binary_write(request: FhirRequest) -> bool:
+    return request.resource_type == "Binary" and request.interaction in (
+        Interaction.CREATE,
+        Interaction.UPDATE,
+    )
+
+
+def _is_post_operation(request: FhirRequest) -> bool:
+    return request.interaction is Interaction.OPERATION and request.method == "POST"
+
+
+def _check_json_patch(body: bytes) -> None:
+    try:
+        patch = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError("the JSON Patch body is not well-formed JSON") from exc
+    if not isinstance(patch, list) or not all(isinstance(op, dict) and "op" in op for op in patch):
+        raise InvalidRequestError("a JSON Patch body must be an array of operations")
+
+
+def _check_resource_body(request: FhirRequest, document: dict[str, Any]) -> FhirRequest:
+    """Check that the body fits the URL; a POST to the base becomes batch or transaction by Bundle.type."""
+    resource_type = document.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise InvalidRequestError("the body is not a FHIR resource (no resourceType)")
+    interaction = request.interaction
+    if interaction is Interaction.BATCH:
+        if resource_type != "Bundle" or document.get("type") not in ("batch", "transaction"):
+            raise InvalidRequestError("a POST to the FHIR base must be a batch or transaction Bundle")
+        kind = Interaction.TRANSACTION if document["type"] == "transaction" else Interaction.BATCH
+        return replace(request, interaction=kind)
+    if interaction is Interaction.PATCH:
+        if resource_type != "Parameters":
+            raise InvalidRequestError("a FHIRPath Patch body must be a Parameters resource")
+        return request
+    if interaction in (Interaction.CREATE, Interaction.UPDATE) and resource_type != request.resource_type:
+        raise InvalidRequestError("the resource type in the body does not match the URL")
+    if interaction is Interaction.UPDATE and request.id is not None and document.get("id") != request.id:
+        raise InvalidRequestError("the resource id in the body does not match the URL")
+    return request
+
+
+def _parse_upstream_json(answer: BufferedResponse) -> dict[str, Any]:
+    if media_type(answer.content_type) not in FHIR_JSON_TYPES:
+        raise InvalidUpstreamResponseError(f"the upstream answered {answer.status} with a non-FHIR-JSON body")
+    try:
+        document = orjson.loads(answer.body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidUpstreamResponseError("the upstream sent malformed JSON") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
+        raise InvalidUpstreamResponseError("the upstream sent JSON that is not a FHIR resource")
+    return document

@@ -1,0 +1,341 @@
+"""Typed settings: one model, loaded from YAML, overridden by ``FHIRWALL_<SECTION>__<KEY>`` and CLI flags.
+
+Everything is validated at start-up and every problem is reported at once with its key path
+(``upstreams.0.auth.token_url: ...``). A configuration that does not validate never starts a proxy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proxy.fhir.resource_types import R4_RESOURCE_TYPES
+
+__all__ = [
+    "ConfigError",
+    "LimitsSettings",
+    "RedisSettings",
+    "ServerSettings",
+    "ServerTlsSettings",
+    "Settings",
+    "UpstreamAuthSettings",
+    "UpstreamSettings",
+    "UpstreamTlsSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "FHIRWALL_"
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every ``(key path, message)``."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {message}" for path, message in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+class ServerTlsSettings(_Model):
+    """Inbound TLS. Only TLS 1.2 and newer are offered."""
+
+    cert_file: Path = Field(description="PEM certificate chain served to clients.")
+    key_file: Path = Field(description="PEM private key of the certificate.")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
+    client_ca_file: Path | None = Field(
+        None, description="CA bundle; when set, clients must present a certificate."
+    )
+
+    _files = field_validator("cert_file", "key_file", "client_ca_file")(_existing_file)
+
+
+class ServerSettings(_Model):
+    """How the proxy listens and how it names itself to clients."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port to bind.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes.")
+    base_path: str = Field("/fhir", description="Path under which the FHIR API is served.")
+    public_base_url: str | None = Field(
+        None, description="The FHIR base clients see (absolute). Default: derived from the request's Host."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) of reverse proxies whose X-Forwarded-*/Forwarded headers are honoured.",
+    )
+    tls: ServerTlsSettings | None = Field(None, description="Serve HTTPS (TLS 1.2+).")
+    graceful_shutdown_seconds: float = Field(30.0, ge=0, description="How long in-flight requests may drain.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    access_log: bool = Field(False, description="Log one line per request (method, route, status; no PHI).")
+
+    @field_validator("base_path")
+    @classmethod
+    def _check_base_path(cls, value: str) -> str:
+        if not value.startswith("/") or "//" in value or "%" in value or "?" in value:
+            raise ValueError("must be an absolute path such as /fhir")
+        return value.rstrip("/")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {item!r}") from exc
+        return value
+
+    def trusted_networks(self) -> list[IPv4Network | IPv6Network]:
+        """The trusted proxy networks, parsed."""
+        return [ip_network(item, strict=False) for item in self.trusted_proxies]
+
+
+class LimitsSettings(_Model):
+    """Size limits (bytes)."""
+
+    max_body_bytes: int = Field(16 * MiB, ge=1024, description="Largest FHIR JSON request body accepted.")
+    max_binary_bytes: int = Field(
+        256 * MiB, ge=1024, description="Largest raw (Binary) body streamed through."
+    )
+    max_upstream_body_bytes: int = Field(
+        128 * MiB, ge=1024, description="Largest FHIR JSON response read from an upstream."
+    )
+
+
+class UpstreamAuthSettings(_Model):
+    """The proxy's own credentials towards an upstream (the client's token is never forwarded)."""
+
+    type: Literal["none", "bearer", "client_credentials"] = Field("none", description="Credential kind.")
+    token_env: str | None = Field(None, description="bearer: environment variable holding the token.")
+    token_file: Path | None = Field(
+        None, description="bearer: file holding the token (re-read when it changes)."
+    )
+    token_url: str | None = Field(None, description="client_credentials: the token endpoint.")
+    client_id: str | None = Field(None, description="client_credentials: the client id.")
+    client_secret_env: str | None = Field(None, description="client_credentials: env var holding the secret.")
+    client_secret_file: Path | None = Field(None, description="client_credentials: file holding the secret.")
+    scope: str | None = Field(None, description="client_credentials: scope to request.")
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="client_credentials: how the client authenticates."
+    )
+
+    _files = field_validator("token_file", "client_secret_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> UpstreamAuthSettings:
+        problems: list[str] = []
+        if self.type == "bearer":
+            problems += _one_secret_source(self.token_env, self.token_file, "token")
+        if self.type == "client_credentials":
+            if not self.token_url:
+                problems.append("client_credentials needs token_url")
+            if not self.client_id:
+                problems.append("client_credentials needs client_id")
+            problems += _one_secret_source(self.client_secret_env, self.client_secret_file, "client_secret")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _one_secret_source(env: str | None, file: Path | None, what: str) -> list[str]:
+    if (env is None) == (file is None):
+        return [f"set exactly one of {what}_env or {what}_file"]
+    if env is not None and not os.environ.get(env):
+        return [f"environment variable {env} is not set"]
+    return []
+
+
+class UpstreamTlsSettings(_Model):
+    """TLS towards an upstream: custom CA, and a client certificate for mTLS."""
+
+    ca_file: Path | None = Field(None, description="CA bundle to verify the upstream.")
+    cert_file: Path | None = Field(None, description="Client certificate (mTLS).")
+    key_file: Path | None = Field(None, description="Client certificate key (mTLS).")
+    verify: bool = Field(True, description="Verify the upstream certificate (never disable in production).")
+
+    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class UpstreamSettings(_Model):
+    """One upstream FHIR server and the resource types routed to it."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Short name used in logs and metrics.")
+    url: str = Field(description="The upstream FHIR base URL.")
+    resource_types: list[str] = Field(
+        default_factory=lambda: ["*"], description='Types routed here; ["*"] marks the default upstream.'
+    )
+    auth: UpstreamAuthSettings = Field(default_factory=UpstreamAuthSettings)
+    tls: UpstreamTlsSettings = Field(default_factory=UpstreamTlsSettings)
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the response.")
+    max_connections: int = Field(100, ge=1, description="Connection pool size.")
+
+    _url = field_validator("url")(_http_url)
+
+    @field_validator("resource_types")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        unknown = [item for item in value if item != "*" and item not in R4_RESOURCE_TYPES]
+        if unknown:
+            raise ValueError(f"unknown R4 resource types: {', '.join(unknown)}")
+        if not value:
+            raise ValueError("must name at least one type, or '*'")
+        return value
+
+
+class RedisSettings(_Model):
+    """Shared state for several replicas (optional)."""
+
+    url: str | None = Field(None, description="redis:// or rediss:// URL; unset = no Redis.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class Settings(_Model):
+    """The whole fhirwall configuration."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    upstreams: Annotated[list[UpstreamSettings], Field(min_length=1)] = Field(
+        description="Upstream FHIR servers; exactly one is the default (resource_types: ['*'])."
+    )
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        names = [upstream.name for upstream in self.upstreams]
+        problems = [f"upstream name {n!r} is used twice" for n in sorted(set(names)) if names.count(n) > 1]
+        defaults = [upstream.name for upstream in self.upstreams if "*" in upstream.resource_types]
+        if len(defaults) != 1:
+            problems.append(f"exactly one upstream must have resource_types ['*'] (found {len(defaults)})")
+        claimed: dict[str, str] = {}
+        for upstream in self.upstreams:
+            for resource_type in upstream.resource_types:
+                if resource_type in claimed and resource_type != "*":
+                    problems.append(
+                        f"{resource_type} is routed to both {claimed[resource_type]} and {upstream.name}"
+                    )
+                claimed[resource_type] = upstream.name
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load settings from ``path`` (YAML), then ``FHIRWALL_*`` variables, then ``overrides`` (CLI flags)."""
+    problems: list[tuple[str, str]] = []
+    data = _read_yaml(Path(path), problems) if path is not None else {}
+    for key_path, value in _env_overrides(os.environ if environ is None else environ, problems):
+        _set_path(data, key_path, value, problems)
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, dotted.split("."), value, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(error) for error in exc.errors()]) from exc
+
+
+def _read_yaml(path: Path, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append((str(path), f"cannot read: {exc.strerror}"))
+        return {}
+    except yaml.YAMLError as exc:
+        problems.append((str(path), f"not valid YAML: {exc}"))
+        return {}
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        problems.append((str(path), "the top level must be a mapping"))
+        return {}
+    return loaded
+
+
+def _env_overrides(
+    environ: Mapping[str, str], problems: list[tuple[str, str]]
+) -> list[tuple[list[str], Any]]:
+    found: list[tuple[list[str], Any]] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "_"):
+            continue
+        key_path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            found.append((key_path, yaml.safe_load(raw) if raw else raw))
+        except yaml.YAMLError:
+            problems.append((name, "value is not a valid YAML/JSON scalar or collection"))
+    return found
+
+
+def _set_path(data: dict[str, Any], key_path: list[str], value: Any, problems: list[tuple[str, str]]) -> None:
+    node: Any = data
+    for index, key in enumerate(key_path[:-1]):
+        child_key: Any = int(key) if isinstance(node, list) and key.isdigit() else key
+        try:
+            child = node[child_key] if isinstance(node, list) else node.setdefault(child_key, {})
+        except (IndexError, TypeError):
+            problems.append((".".join(key_path[: index + 1]), "cannot be overridden: no such entry"))
+            return
+        node = child
+    last = key_path[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        problems.append((".".join(key_path), "cannot be overridden: no such entry"))
+
+
+def _problem(error: Mapping[str, Any]) -> tuple[str, str]:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return location, message

@@ -1,0 +1,715 @@
+"""Throughput/latency benchmark for fhirwall against a bare passthrough and the upstream itself.
+
+One command, one run::
+
+    .venv/bin/python tests/bench/run_bench.py [--duration 10 | --quick] [--json out.json]
+
+It starts an in-memory FHIR R4 upstream (Medplum's router, ``medplum_upstream/``), seeds one
+Patient and at least 60 Observations for it, then starts every benchmark *row* (a server in
+front of the upstream) and drives each row with ``wrk`` for two requests: a Patient read and a
+50-entry Observation search. The results are printed as a table, with ratios against the
+``passthrough`` row (a bare aiohttp reverse proxy, ``passthrough.py``), plus the fhirwall
+targets marked PASS/MISS (printed, never asserted). Everything started is stopped on exit.
+
+Rows are declared in :func:`build_rows`; a row whose server does not come up within the
+startup timeout is skipped with a message, so the script also works before the fhirwall CLI
+exists. Rows may carry extra request headers (e.g. ``Authorization`` for a policy-on row).
+
+Seed data: see ``seed_data.py`` (``--data`` / ``FHIRWALL_BENCH_DATA`` / ``examples/data/``,
+else built-in synthetic resources of realistic size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import seed_data
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+UPSTREAM_DIR = HERE / "medplum_upstream"
+VENV_BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+STARTUP_TIMEOUT_S = 15.0
+NPM_INSTALL_TIMEOUT_S = 300.0
+WARMUP_S = 2
+WRK_THREADS = 2
+WRK_CONNECTIONS = 8
+SEARCH_COUNT = 50
+BASELINE_ROW = "passthrough"
+GOAL_MIN_RPS_RATIO = 0.60
+GOAL_MAX_P50_RATIO = 1.5
+
+Json = seed_data.Json
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class Row:
+    """One server under test: how to start it and where its FHIR base URL is.
+
+    ``command`` is None for a server that is already running (the upstream itself).
+    ``headers`` are sent with every benchmark request (e.g. ``Authorization``).
+    ``goals`` marks rows checked against the fhirwall targets.
+    """
+
+    name: str
+    command: list[str] | None
+    base_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    goals: bool = False
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """A request path relative to a row's FHIR base URL (starts with ``/``)."""
+
+    name: str
+    path: str
+
+
+@dataclass
+class WrkResult:
+    """The figures parsed from one wrk run."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+
+
+@dataclass
+class Measurement:
+    """One table line: a row x request result, with ratios against the baseline row."""
+
+    row: str
+    request: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    preflight_status: int
+    rps_ratio: float | None = None
+    p50_ratio: float | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """True when the row produced errors, so its numbers are not trustworthy."""
+        ok_preflight = 200 <= self.preflight_status < 300
+        return self.non_2xx > 0 or self.socket_errors > 0 or not ok_preflight
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Starts child processes in their own process groups and stops all of them on close."""
+
+    def __init__(self, log_dir: Path) -> None:
+        """Keep the children's logs in ``log_dir``."""
+        self.log_dir = log_dir
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path | None) -> Path:
+        """Start ``command``; its stdout and stderr go to a log file whose path is returned."""
+        log_path = self.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                cwd=cwd,
+                start_new_session=True,
+            )
+        self.children.append((name, proc))
+        return log_path
+
+    def stop(self, name: str) -> None:
+        """Stop the named child (and its process group)."""
+        for child_name, proc in self.children:
+            if child_name == name:
+                _terminate(proc)
+        self.children = [(n, p) for n, p in self.children if n != name]
+
+    def exited(self, name: str) -> int | None:
+        """Return the exit code of the named child, or None while it runs."""
+        for child_name, proc in self.children:
+            if child_name == name:
+                return proc.poll()
+        return None
+
+    def close(self) -> None:
+        """Stop every child, newest first."""
+        for _, proc in reversed(self.children):
+            _terminate(proc)
+        self.children.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=5)
+    _signal_group(proc, signal.SIGKILL)  # leftovers such as worker processes
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def free_port() -> int:
+    """Ask the kernel for an unused TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """Return the last lines of a log file, indented for printing."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    " + line for line in text) or "    (empty log)"
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def http_request(method: str, url: str, body: Json | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """Send one request; returns the status and the decoded JSON body (or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, None
+
+
+def probe_status(url: str, headers: dict[str, str], timeout: float = 5.0) -> int:
+    """Status of a GET (0 when no HTTP response could be had)."""
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_until_up(procs: Processes, row: Row, timeout: float) -> str | None:
+    """Wait until the row answers HTTP at all; returns None when up, else the reason."""
+    deadline = time.monotonic() + timeout
+    url = row.base_url + "/metadata"
+    while time.monotonic() < deadline:
+        code = procs.exited(row.name)
+        if code is not None:
+            return f"exited with code {code}"
+        if probe_status(url, row.headers, timeout=2.0) != 0:
+            return None
+        time.sleep(0.2)
+    return f"did not answer within {timeout:.0f} s"
+
+
+# --------------------------------------------------------------------------- seed data
+
+
+def seed_upstream(base_url: str, patient: Json, observations: list[Json]) -> str:
+    """Create the Patient and its Observations on the upstream; returns the new Patient id."""
+    patient = {k: v for k, v in patient.items() if k != "id"}
+    status, created = http_request("POST", base_url + "/Patient", patient)
+    if status != 201 or not isinstance(created, dict) or "id" not in created:
+        raise RuntimeError(f"seeding the Patient failed with HTTP {status}")
+    patient_id = str(created["id"])
+    prepared = seed_data.prepare_observations(observations, patient_id)
+    status, _ = http_request("POST", base_url, seed_data.transaction_bundle(prepared))
+    if not 200 <= status < 300:
+        print(f"  transaction seeding answered HTTP {status}; posting Observations one by one")
+        for obs in prepared:
+            status, _ = http_request("POST", base_url + "/Observation", obs)
+            if status != 201:
+                raise RuntimeError(f"seeding an Observation failed with HTTP {status}")
+    return patient_id
+
+
+def check_seed(base_url: str, requests: list[BenchRequest]) -> None:
+    """Make sure the read works and the search really returns SEARCH_COUNT entries."""
+    read, search = requests
+    status, _ = http_request("GET", base_url + read.path)
+    if status != 200:
+        raise RuntimeError(f"seed check: read answered HTTP {status}")
+    status, bundle = http_request("GET", base_url + search.path)
+    entries = len(bundle.get("entry", [])) if isinstance(bundle, dict) else 0
+    if status != 200 or entries != SEARCH_COUNT:
+        raise RuntimeError(f"seed check: search answered HTTP {status} with {entries} entries")
+
+
+def bench_requests(patient_id: str) -> list[BenchRequest]:
+    """Return the two benchmarked requests."""
+    return [
+        BenchRequest("read", f"/Patient/{patient_id}"),
+        BenchRequest(
+            f"search{SEARCH_COUNT}", f"/Observation?subject=Patient/{patient_id}&_count={SEARCH_COUNT}"
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def build_rows(upstream_base: str, args: argparse.Namespace) -> list[Row]:
+    """Return the servers to benchmark, in table order.
+
+    Extension point: add rows here. A row with ``headers`` sends them on every request, e.g.
+    a "fhirwall-policy" row started with a policy file and
+    ``headers={"Authorization": "Bearer <token>"}``; set ``goals=True`` to check it against the
+    targets.
+    """
+    passthrough_port, fhirwall_port = free_port(), free_port()
+    rows = [
+        Row("direct", None, upstream_base),
+        Row(
+            BASELINE_ROW,
+            [
+                sys.executable,
+                str(HERE / "passthrough.py"),
+                "--upstream",
+                upstream_base,
+                "--host",
+                HOST,
+                "--port",
+                str(passthrough_port),
+            ],
+            f"http://{HOST}:{passthrough_port}/fhir",
+        ),
+    ]
+    if args.granian:
+        rows.append(granian_row(upstream_base))
+    rows.append(
+        Row(
+            "fhirwall",
+            [
+                str(VENV_BIN / "fhirwall"),
+                "serve",
+                "--upstream",
+                upstream_base,
+                "--port",
+                str(fhirwall_port),
+                "--host",
+                HOST,
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            f"http://{HOST}:{fhirwall_port}/fhir",
+            goals=True,
+        )
+    )
+    return rows
+
+
+def granian_row(upstream_base: str) -> Row:
+    """Serve the same passthrough app with granian instead of uvicorn (for information)."""
+    port = free_port()
+    command = [
+        str(VENV_BIN / "granian"),
+        "--interface",
+        "asgi",
+        "--loop",
+        "uvloop",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-ws",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--working-dir",
+        str(HERE),
+        "passthrough:app",
+    ]
+    env = {"FHIRWALL_BENCH_UPSTREAM": upstream_base}
+    return Row("passthrough-granian", command, f"http://{HOST}:{port}/fhir", env=env, cwd=HERE)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(value: str) -> float:
+    """Convert a wrk duration such as ``812.00us``, ``1.20ms`` or ``2.01s`` to milliseconds."""
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", value.strip())
+    if not match:
+        raise ValueError(f"unrecognised wrk duration: {value!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Pull req/s, p50, p99, request count, non-2xx and socket errors out of wrk's report."""
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", output)
+    p50 = re.search(r"^\s*50%\s+(\S+)", output, re.MULTILINE)
+    p99 = re.search(r"^\s*99%\s+(\S+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if not (rps and p50 and p99 and total):
+        raise ValueError("could not parse wrk output:\n" + output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50_ms=to_ms(p50.group(1)),
+        p99_ms=to_ms(p99.group(1)),
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(g) for g in sock.groups()) if sock else 0,
+    )
+
+
+def wrk_command(url: str, duration: int, headers: dict[str, str]) -> list[str]:
+    """Return the wrk invocation for one URL."""
+    command = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    return [*command, url]
+
+
+def run_wrk(url: str, duration: int, headers: dict[str, str]) -> WrkResult:
+    """Run wrk once (bounded by a timeout) and parse its report."""
+    proc = subprocess.run(
+        wrk_command(url, duration, headers),
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return parse_wrk(proc.stdout)
+
+
+def measure(row: Row, request: BenchRequest, duration: int) -> Measurement:
+    """Pre-flight, warm up, then measure one row x request."""
+    url = row.base_url + request.path
+    preflight = probe_status(url, row.headers)
+    run_wrk(url, WARMUP_S, row.headers)
+    result = run_wrk(url, duration, row.headers)
+    return Measurement(row.name, request.name, preflight_status=preflight, **asdict(result))
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def add_ratios(results: list[Measurement]) -> None:
+    """Fill in req/s and p50 ratios against the baseline row, per request."""
+    baseline = {m.request: m for m in results if m.row == BASELINE_ROW}
+    for m in results:
+        base = baseline.get(m.request)
+        if base is None:
+            continue
+        m.rps_ratio = m.rps / base.rps if base.rps else None
+        m.p50_ratio = m.p50_ms / base.p50_ms if base.p50_ms else None
+
+
+def _fmt(value: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def print_table(results: list[Measurement]) -> None:
+    """Print the results table."""
+    header = f"{'row':<22} {'request':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    header += f"{'rps/pt':>7} {'p50/pt':>7}  note"
+    print("\n" + header + "\n" + "-" * len(header))
+    for m in results:
+        note = ""
+        if m.flagged:
+            note = f"ERRORS: preflight {m.preflight_status}, non-2xx {m.non_2xx}, socket {m.socket_errors}"
+        print(
+            f"{m.row:<22} {m.request:<9} {m.rps:>9.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} "
+            f"{_fmt(m.rps_ratio, 7, 2)} {_fmt(m.p50_ratio, 7, 2)}  {note}".rstrip()
+        )
+    print(f"(rps/pt, p50/pt: ratio to the {BASELINE_ROW} row for the same request)")
+
+
+def evaluate_goals(rows: list[Row], results: list[Measurement], skipped: dict[str, str]) -> list[Json]:
+    """Compare goal rows against the targets (reported, never asserted)."""
+    goals: list[Json] = []
+    for row in (r for r in rows if r.goals):
+        for m in (m for m in results if m.row == row.name):
+            goals.append(_goal(m, "throughput vs passthrough", m.rps_ratio, f">= {GOAL_MIN_RPS_RATIO:.2f}"))
+            goals.append(_goal(m, "p50 vs passthrough", m.p50_ratio, f"<= {GOAL_MAX_P50_RATIO:.2f}"))
+        if row.name in skipped:
+            goals.append(
+                {
+                    "row": row.name,
+                    "request": "*",
+                    "metric": "all",
+                    "value": None,
+                    "threshold": "",
+                    "status": "n/a",
+                    "reason": skipped[row.name],
+                }
+            )
+    return goals
+
+
+def _goal(m: Measurement, metric: str, value: float | None, threshold: str) -> Json:
+    limit = float(threshold.split()[1])
+    ok = value is not None and (value >= limit if threshold.startswith(">=") else value <= limit)
+    status = "n/a" if value is None else ("PASS" if ok and not m.flagged else "MISS")
+    return {
+        "row": m.row,
+        "request": m.request,
+        "metric": metric,
+        "value": value,
+        "threshold": threshold,
+        "status": status,
+    }
+
+
+def print_goals(goals: list[Json]) -> None:
+    """Print the targets with PASS/MISS."""
+    print("\nTargets (fhirwall, no policy): throughput >= 60 % of passthrough, p50 <= 1.5x passthrough")
+    for g in goals:
+        if g["request"] == "*":
+            print(f"  {g['row']:<22} n/a  (row skipped: {g['reason']})")
+            continue
+        value = _fmt(g["value"], 6, 2)
+        print(
+            f"  {g['row']:<22} {g['request']:<9} {g['metric']:<26} {value} {g['threshold']:<8} {g['status']}"
+        )
+
+
+def write_json(path: Path, report: Json) -> None:
+    """Write the report as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def check_tools() -> None:
+    """Fail early and clearly when a required executable is missing."""
+    missing = [tool for tool in ("node", "npm", "wrk") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"error: required tool(s) not on PATH: {', '.join(missing)}")
+
+
+def ensure_node_modules() -> None:
+    """Install the upstream's npm dependencies on first use."""
+    if (UPSTREAM_DIR / "node_modules").is_dir():
+        return
+    print("installing the upstream's npm dependencies ...")
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund"],
+        cwd=UPSTREAM_DIR,
+        check=True,
+        timeout=NPM_INSTALL_TIMEOUT_S,
+    )
+
+
+def start_upstream(procs: Processes, no_cache: bool) -> str:
+    """Start the Medplum upstream and wait for it; returns its FHIR base URL."""
+    port = free_port()
+    base = f"http://{HOST}:{port}/fhir"
+    command = ["node", str(UPSTREAM_DIR / "server.mjs"), "--host", HOST, "--port", str(port), "--base", base]
+    if no_cache:
+        command.append("--no-cache")
+    log = procs.start("upstream", command, {}, UPSTREAM_DIR)
+    reason = wait_until_up(procs, Row("upstream", command, base), STARTUP_TIMEOUT_S)
+    if reason is not None:
+        raise RuntimeError(f"the upstream {reason}; its log:\n{tail(log)}")
+    return base
+
+
+def start_row(procs: Processes, row: Row) -> str | None:
+    """Start a row's server; returns None when it is up, else why it was skipped."""
+    if row.command is None:
+        return None
+    executable = row.command[0]
+    if shutil.which(executable) is None and not Path(executable).is_file():
+        return f"command not found: {executable}"
+    log = procs.start(row.name, row.command, row.env, row.cwd)
+    reason = wait_until_up(procs, row, STARTUP_TIMEOUT_S)
+    if reason is not None:
+        procs.stop(row.name)
+        return f"{reason}; last log lines:\n{tail(log)}"
+    return None
+
+
+def bench_row(procs: Processes, row: Row, requests: list[BenchRequest], duration: int) -> list[Measurement]:
+    """Start one row, measure both requests, stop it again (so rows do not share the CPU)."""
+    results = []
+    try:
+        for request in requests:
+            print(f"  {row.name:<22} {request.name:<9} ...", end="", flush=True)
+            m = measure(row, request, duration)
+            print(
+                f" {m.rps:>9.0f} req/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
+                + ("  (ERRORS)" if m.flagged else "")
+            )
+            results.append(m)
+    finally:
+        if row.command is not None:
+            procs.stop(row.name)
+    return results
+
+
+def run(args: argparse.Namespace, procs: Processes) -> Json:
+    """Run the whole benchmark; returns the JSON report."""
+    check_tools()
+    ensure_node_modules()
+    upstream = start_upstream(procs, args.upstream_no_cache)
+    patient, observations, source = seed_data.load_seed(args.data)
+    patient_id = seed_upstream(upstream, patient, observations)
+    requests = bench_requests(patient_id)
+    check_seed(upstream, requests)
+    print(f"upstream {upstream} seeded from {source} (Patient/{patient_id})")
+    rows = build_rows(upstream, args)
+    results: list[Measurement] = []
+    skipped: dict[str, str] = {}
+    for row in rows:
+        reason = start_row(procs, row)
+        if reason is not None:
+            skipped[row.name] = reason
+            print(f"  SKIP {row.name}: {reason}")
+            continue
+        results += bench_row(procs, row, requests, args.duration)
+    add_ratios(results)
+    return build_report(args, rows, results, skipped, source)
+
+
+def build_report(
+    args: argparse.Namespace,
+    rows: list[Row],
+    results: list[Measurement],
+    skipped: dict[str, str],
+    source: str,
+) -> Json:
+    """Print the table and targets; returns the JSON report."""
+    print_table(results)
+    goals = evaluate_goals(rows, results, skipped)
+    print_goals(goals)
+    meta = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": args.duration,
+        "warmup_s": WARMUP_S,
+        "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS},
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "seed_source": source,
+        "upstream_cache": not args.upstream_no_cache,
+    }
+    rows_json = [
+        {"name": r.name, "base_url": r.base_url, "headers": sorted(r.headers), "goals": r.goals} for r in rows
+    ]
+    return {
+        "meta": meta,
+        "rows": rows_json,
+        "skipped": skipped,
+        "results": [{**asdict(m), "flagged": m.flagged} for m in results],
+        "goals": goals,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--quick", action="store_true", help="3 s per measurement")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this path")
+    parser.add_argument(
+        "--data", help=f"seed Bundle file or folder (default: ${seed_data.DATA_ENV}, then examples/data/)"
+    )
+    parser.add_argument(
+        "--granian", action="store_true", help="add the passthrough served by granian as a row"
+    )
+    parser.add_argument(
+        "--upstream-no-cache",
+        action="store_true",
+        help="make the upstream run every GET through the Medplum router (slow searches)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 3
+    if not 1 <= args.duration <= 600:
+        parser.error("--duration must be between 1 and 600 seconds")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    with tempfile.TemporaryDirectory(prefix="fhirwall-bench-") as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            report = run(args, procs)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        except (RuntimeError, subprocess.SubprocessError) as err:
+            print(f"\nerror: {err}", file=sys.stderr)
+            return 1
+        finally:
+            procs.close()
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
