@@ -38,7 +38,7 @@ from proxy.fhir.media import (
     media_type,
 )
 from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query
-from proxy.fhir.urls import BaseUrlRewriter
+from proxy.fhir.urls import BaseUrlRewriter, to_upstream
 from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
 from proxy.origin import resolve_origin
 from proxy.responses import fhir_response, outcome_response, raw_stream_response
@@ -185,8 +185,11 @@ class FhirEndpoint:
         content_type = call.headers.get("content-type") if call.body is not None else None
         headers = self._upstream_headers(call, content_type)
         url = upstream.url_for(call.relative_path, call.query)
+        body = call.body
+        if body is not None and call.document is not None:
+            body = to_upstream(body, call.public_base, upstream.base_url)
         answer = await upstream.send(
-            call.request.method, url, headers, call.body, max_bytes=self._limits.max_upstream_body_bytes
+            call.request.method, url, headers, body, max_bytes=self._limits.max_upstream_body_bytes
         )
         return self._json_response(call, answer)
 
@@ -226,18 +229,15 @@ class FhirEndpoint:
         headers = self._response_headers(call, answer.headers)
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
-        document = _parse_upstream_json(answer)
-        body = answer.body
-        if self.rewriter.may_contain(body) and self.rewriter.rewrite_document(document, call.public_base):
-            body = orjson.dumps(document)
-        return fhir_response(answer.status, body, headers)
+        _parse_upstream_json(answer)
+        return fhir_response(answer.status, self.rewriter.to_public(answer.body, call.public_base), headers)
 
     def _response_headers(
         self, call: ProxyCall, upstream_headers: list[tuple[str, str]]
     ) -> list[tuple[str, str]]:
         kept = forwardable_response_headers(upstream_headers)
         return [
-            (name, self.rewriter.rewrite_url(value, call.public_base))
+            (name, self.rewriter.url_to_public(value, call.public_base))
             if name in ("location", "content-location")
             else (name, value)
             for name, value in kept
@@ -265,8 +265,7 @@ class FhirEndpoint:
             if self.router.for_type(resource_type) is upstream
         }
         statement = proxy_capabilities(statements[self.router.default.name], routed, call.public_base)
-        self.rewriter.rewrite_document(statement, call.public_base)
-        return fhir_response(200, orjson.dumps(statement))
+        return fhir_response(200, self.rewriter.to_public(orjson.dumps(statement), call.public_base))
 
 
 def _header_dict(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -151,7 +151,7 @@ def _classify_segments(method: str, segments: list[str], params: tuple[tuple[str
     if len(segments) == 0:
         return _system(method, params)
     first = segments[0]
-    if (len(segments) == 1 and first in ("metadata", "_history", "_search")) or first.startswith("$"):
+    if first in ("metadata", "_history", "_search") or first.startswith("$"):
         return _system_named(method, segments, params)
     resource_type = _resource_type(first)
     if len(segments) == 1:

@@ -1,69 +1,86 @@
-"""Base-URL rewriting: upstream absolute URLs become the proxy's public base.
+"""Base-URL rewriting between the upstreams' bases and the proxy's public base.
 
-Applied to every string in a response document that starts with an upstream base (``Bundle.link.url``,
-``entry.fullUrl``, ``entry.response.location``, absolute references, attachment URLs, ...) and to the
-``Location``/``Content-Location`` headers. Matching is by URL prefix at a path boundary, never by
-substring, so ``http://up/fhir2`` is not mistaken for ``http://up/fhir``.
+Rewriting works on the serialized JSON, anchored at the start of a JSON string: ``"<base>`` followed by
+``/``, ``?``, ``#`` or the closing quote. That is exactly "a string value that starts with the base at a path
+boundary" (``Bundle.link.url``, ``entry.fullUrl``, ``entry.response.location``, absolute references,
+attachment URLs, ...), never a substring in the middle of a value, so ``http://up/fhir2`` is not mistaken for
+``http://up/fhir``. Working on bytes keeps every other byte as the upstream sent it: FHIR decimals keep their
+precision (``1.50`` stays ``1.50``), which a parse/serialize round trip would not guarantee.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from typing import Any
+from functools import lru_cache
 from urllib.parse import urlsplit
 
-__all__ = ["BaseUrlRewriter"]
+__all__ = ["BaseUrlRewriter", "rebase_body", "rebase_url", "to_upstream"]
+
+
+@lru_cache(maxsize=64)
+def _pattern(sources: tuple[str, ...]) -> re.Pattern[bytes]:
+    alternatives = []
+    for source in sorted(sources, key=len, reverse=True):
+        raw = source.encode()
+        alternatives += [re.escape(raw), re.escape(raw.replace(b"/", b"\\/"))]
+    return re.compile(rb'"(' + b"|".join(alternatives) + rb')(?=/|\\/|\?|#|")')
+
+
+def rebase_body(body: bytes, sources: tuple[str, ...], target: str) -> bytes:
+    """Replace each of ``sources`` by ``target`` where a JSON string in ``body`` starts with it."""
+    plain = b'"' + target.encode()
+    escaped = b'"' + target.encode().replace(b"/", b"\\/")
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        return escaped if b"\\/" in match.group(1) else plain
+
+    return _pattern(sources).sub(replace, body)
+
+
+def rebase_url(url: str, sources: Iterable[str], target: str) -> str:
+    """``url`` with a leading source base (at a path boundary) replaced by ``target``; else unchanged."""
+    for source in sorted(sources, key=len, reverse=True):
+        if url.startswith(source):
+            rest = url[len(source) :]
+            if rest == "" or rest[0] in "/?#":
+                return target + rest
+    return url
 
 
 class BaseUrlRewriter:
-    """Maps URLs under any of the upstream bases onto one public base."""
+    """Maps URLs under any upstream base onto a public base (responses) and back (request bodies)."""
 
     def __init__(self, upstream_bases: Iterable[str]) -> None:
-        self._bases: list[str] = []
-        self._netlocs: list[bytes] = []
+        self._bases: tuple[str, ...] = ()
+        self._netlocs: tuple[bytes, ...] = ()
         for base in upstream_bases:
             self.add_base(base)
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        return self._bases
 
     def add_base(self, base: str) -> None:
         """Treat ``base`` as an upstream base (also used for the URL an upstream announces for itself)."""
         base = base.rstrip("/")
-        if base in self._bases:
-            return
-        self._bases = sorted([*self._bases, base], key=len, reverse=True)
-        self._netlocs = sorted({*self._netlocs, urlsplit(base).netloc.encode()})
+        if base not in self._bases:
+            self._bases = (*self._bases, base)
+            self._netlocs = tuple(sorted({*self._netlocs, urlsplit(base).netloc.encode()}))
 
-    def may_contain(self, body: bytes) -> bool:
-        """Cheap pre-check: can ``body`` contain an upstream URL at all?"""
-        return any(netloc in body for netloc in self._netlocs)
+    def to_public(self, body: bytes, public_base: str) -> bytes:
+        """A response body with upstream URLs rebased on ``public_base``."""
+        if not any(netloc in body for netloc in self._netlocs):
+            return body
+        return rebase_body(body, self._bases, public_base)
 
-    def rewrite_url(self, url: str, public_base: str) -> str:
-        """``url`` with an upstream base prefix replaced by ``public_base``; other URLs unchanged."""
-        for base in self._bases:
-            if url.startswith(base):
-                rest = url[len(base) :]
-                if rest == "" or rest[0] in "/?#":
-                    return public_base + rest
-        return url
+    def url_to_public(self, url: str, public_base: str) -> str:
+        """A response header URL rebased on ``public_base``."""
+        return rebase_url(url, self._bases, public_base)
 
-    def rewrite_document(self, document: Any, public_base: str) -> bool:
-        """Rewrite every upstream URL inside a parsed JSON document in place; True if anything changed."""
-        return self._walk(document, public_base)
 
-    def _walk(self, node: Any, public_base: str) -> bool:
-        changed = False
-        if isinstance(node, dict):
-            items: Iterable[tuple[Any, Any]] = node.items()
-        elif isinstance(node, list):
-            items = enumerate(node)
-        else:
-            return False
-        for key, value in list(items):
-            if isinstance(value, str):
-                if value.startswith("http"):
-                    new_value = self.rewrite_url(value, public_base)
-                    if new_value is not value:
-                        node[key] = new_value
-                        changed = True
-            elif isinstance(value, dict | list):
-                changed = self._walk(value, public_base) or changed
-        return changed
+def to_upstream(body: bytes, public_base: str, upstream_base: str) -> bytes:
+    """A request body with URLs under the public base rebased on ``upstream_base``."""
+    if urlsplit(public_base).netloc.encode() not in body:
+        return body
+    return rebase_body(body, (public_base,), upstream_base)

@@ -1,0 +1,196 @@
+"""Shared fixtures: a real upstream FHIR server, real Redis, and the real proxy served over HTTP."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from proxy.embedded_upstream import EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
+from proxy.serve import uvicorn_config
+from proxy.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class SeededUpstream:
+    """The shared upstream and the ids of what was loaded into it."""
+
+    server: EmbeddedUpstream
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def first(self, resource_type: str) -> str:
+        return self.ids[resource_type][0]
+
+
+def _collect_ids(responses: list[dict[str, Any]]) -> dict[str, list[str]]:
+    ids: dict[str, list[str]] = {}
+    for bundle in responses:
+        for entry in bundle.get("entry", []):
+            resource = entry.get("resource") or {}
+            if "resourceType" in resource:
+                ids.setdefault(resource["resourceType"], []).append(resource["id"])
+    return ids
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[SeededUpstream]:
+    """A sekmet FHIR server with the hospital, practitioners and two Synthea patients."""
+    server = EmbeddedUpstream(free_port(), log_inbound=True)
+    server.start()
+    try:
+        responses = server.seed(synthea_bundles(EXAMPLE_DATA, patients=2))
+        yield SeededUpstream(server, _collect_ids(responses))
+    finally:
+        server.stop()
+
+
+def make_settings(upstream_url: str, **overrides: Any) -> Settings:
+    """Settings for a proxy on a free port in front of ``upstream_url``; ``overrides`` use dotted keys."""
+    base: dict[str, Any] = {
+        "server.port": free_port(),
+        "server.log_level": "warning",
+        "upstreams": [{"name": "default", "url": upstream_url}],
+    }
+    base.update(overrides)
+    return load_settings(None, environ={}, overrides=base)
+
+
+class RunningProxy:
+    """The proxy app served by uvicorn in a background thread (real HTTP on 127.0.0.1)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        scheme = "https" if settings.server.tls is not None else "http"
+        self.root = f"{scheme}://127.0.0.1:{settings.server.port}"
+        self.base_url = self.root + settings.server.base_path
+        self._server = uvicorn.Server(uvicorn_config(settings))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> RunningProxy:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("proxy did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30.0, **kwargs)
+
+
+@pytest.fixture
+def run_proxy() -> Iterator[Callable[[Settings], RunningProxy]]:
+    """Factory: start a proxy for given settings; all are stopped after the test."""
+    started: list[RunningProxy] = []
+
+    def start(settings: Settings) -> RunningProxy:
+        proxy = RunningProxy(settings).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(upstream: SeededUpstream) -> Iterator[RunningProxy]:
+    """One proxy with default settings in front of the shared upstream."""
+    running = RunningProxy(make_settings(upstream.base_url)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(proxy: RunningProxy) -> Iterator[httpx.Client]:
+    with proxy.client() as http:
+        yield http
+
+
+class RedisServer:
+    """A real ``redis-server`` process on 127.0.0.1, without persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="fhirwall-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", self._dir]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def upstream_traffic(server: EmbeddedUpstream, request_id: str, expect_at_least: int = 1) -> list[dict[str, Any]]:
+    """What the upstream logged for requests carrying ``request_id`` (method, url, headers it received)."""
+    import sqlite3
+
+    import orjson
+
+    rows: list[tuple[str, str, str]] = []
+    for _ in range(expect_at_least and 40 or 1):
+        with sqlite3.connect(server.database) as db:
+            rows = db.execute("SELECT method, url, req_headers FROM traffic WHERE direction='inbound' AND "
+                              "correlation_id=? ORDER BY id", (request_id,)).fetchall()
+        if len(rows) >= expect_at_least:
+            break
+        time.sleep(0.05)
+    return [{"method": m, "url": u, "headers": {k.lower(): v for k, v in orjson.loads(h or "{}").items()}}
+            for m, u, h in rows]
