@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -80,9 +81,8 @@ class EmbeddedUpstream:
         """The SQLite file of the server (its traffic log records inbound headers when ``log_inbound``)."""
         return self.data_dir / "sekmet.db"
 
-    def start(
-        self, verify: bool | str = True, client_cert: tuple[str, str] | None = None
-    ) -> EmbeddedUpstream:
+    def start(self, verify: ssl.SSLContext | bool = True) -> EmbeddedUpstream:
+        """Start the server and wait until it answers ``/metadata`` (``verify``: TLS context for https)."""
         config = self.data_dir / "settings.yaml"
         config.write_text(yaml.safe_dump(self._settings), encoding="utf-8")
         env = {**os.environ, "SEKMET_CONFIG": str(config)}
@@ -102,12 +102,12 @@ class EmbeddedUpstream:
             *self._uvicorn_args,
         ]
         self._process = subprocess.Popen(command, env=env, cwd=self.data_dir)
-        self._wait_ready(verify, client_cert)
+        self._wait_ready(verify)
         return self
 
-    def _wait_ready(self, verify: bool | str, client_cert: tuple[str, str] | None) -> None:
+    def _wait_ready(self, verify: ssl.SSLContext | bool) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        with httpx.Client(verify=verify, cert=client_cert, timeout=2.0) as client:
+        with httpx.Client(verify=verify, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 assert self._process is not None
                 if self._process.poll() is not None:

@@ -148,8 +148,19 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--dir", self._dir]
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+        ]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -178,19 +189,26 @@ def redis_server() -> Iterator[RedisServer]:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def upstream_traffic(server: EmbeddedUpstream, request_id: str, expect_at_least: int = 1) -> list[dict[str, Any]]:
+def upstream_traffic(
+    server: EmbeddedUpstream, request_id: str, expect_at_least: int = 1
+) -> list[dict[str, Any]]:
     """What the upstream logged for requests carrying ``request_id`` (method, url, headers it received)."""
     import sqlite3
 
     import orjson
 
     rows: list[tuple[str, str, str]] = []
-    for _ in range(expect_at_least and 40 or 1):
+    for _ in range(40 if expect_at_least else 1):
         with sqlite3.connect(server.database) as db:
-            rows = db.execute("SELECT method, url, req_headers FROM traffic WHERE direction='inbound' AND "
-                              "correlation_id=? ORDER BY id", (request_id,)).fetchall()
+            rows = db.execute(
+                "SELECT method, url, req_headers FROM traffic WHERE direction='inbound' AND "
+                "correlation_id=? ORDER BY id",
+                (request_id,),
+            ).fetchall()
         if len(rows) >= expect_at_least:
             break
         time.sleep(0.05)
-    return [{"method": m, "url": u, "headers": {k.lower(): v for k, v in orjson.loads(h or "{}").items()}}
-            for m, u, h in rows]
+    return [
+        {"method": m, "url": u, "headers": {k.lower(): v for k, v in orjson.loads(h or "{}").items()}}
+        for m, u, h in rows
+    ]

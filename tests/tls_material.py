@@ -27,12 +27,22 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
 
 
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issuer_key: ec.EllipticCurvePrivateKey,
-           *, ca: bool = False, server: bool = False) -> x509.Certificate:
+def _issue(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -46,11 +56,15 @@ def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, iss
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
             critical=False,
         ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     elif not ca:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -58,11 +72,17 @@ def make_tls_files(directory: Path) -> TlsFiles:
     """Create the PEM files in ``directory``."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _issue("fhirwall test CA", ca_key, _name("fhirwall test CA"), ca_key, ca=True)
-    files = TlsFiles(*(directory / name for name in ("ca.pem", "server.pem", "server-key.pem", "client.pem",
-                                                       "client-key.pem")))
+    files = TlsFiles(
+        *(
+            directory / name
+            for name in ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem")
+        )
+    )
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    for cert_path, key_path, subject, server in ((files.server_cert, files.server_key, "127.0.0.1", True),
-                                                 (files.client_cert, files.client_key, "fhirwall-proxy", False)):
+    for cert_path, key_path, subject, server in (
+        (files.server_cert, files.server_key, "127.0.0.1", True),
+        (files.client_cert, files.client_key, "fhirwall-proxy", False),
+    ):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(subject, key, ca_cert.subject, ca_key, server=server)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -185,7 +185,8 @@ def _ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
     return context
 
 
-def _httpx_verify(settings: UpstreamSettings) -> bool | str:
+def _httpx_verify(settings: UpstreamSettings) -> ssl.SSLContext | bool:
+    """TLS verification for the token endpoint: the upstream's CA bundle when one is configured."""
     if not settings.tls.verify:
         return False
-    return str(settings.tls.ca_file) if settings.tls.ca_file else True
+    return ssl.create_default_context(cafile=str(settings.tls.ca_file)) if settings.tls.ca_file else True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,7 +78,7 @@ class ClientCredentials:
     the grant is one form POST.
     """
 
-    def __init__(self, settings: UpstreamAuthSettings, *, verify: bool | str = True) -> None:
+    def __init__(self, settings: UpstreamAuthSettings, *, verify: ssl.SSLContext | bool = True) -> None:
         assert settings.token_url is not None
         assert settings.client_id is not None
         self._token_url = settings.token_url
@@ -129,7 +130,9 @@ def _secret(settings: UpstreamAuthSettings) -> str:
     return settings.client_secret_file.read_text(encoding="utf-8").strip()
 
 
-def credentials_for(settings: UpstreamAuthSettings, *, verify: bool | str = True) -> UpstreamCredentials:
+def credentials_for(
+    settings: UpstreamAuthSettings, *, verify: ssl.SSLContext | bool = True
+) -> UpstreamCredentials:
     """Build the provider configured by ``settings``."""
     if settings.type == "bearer":
         return BearerTokenCredentials(env=settings.token_env, file=settings.token_file)

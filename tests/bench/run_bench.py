@@ -41,10 +41,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import seed_data
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench import seed_data
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
 UPSTREAM_DIR = HERE / "medplum_upstream"
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -305,82 +307,55 @@ def bench_requests(patient_id: str) -> list[BenchRequest]:
 
 
 def build_rows(upstream_base: str, args: argparse.Namespace) -> list[Row]:
-    """Return the servers to benchmark, in table order.
-
-    Extension point: add rows here. A row with ``headers`` sends them on every request, e.g.
-    a "fhirwall-policy" row started with a policy file and
-    ``headers={"Authorization": "Bearer <token>"}``; set ``goals=True`` to check it against the
-    targets.
-    """
-    passthrough_port, fhirwall_port = free_port(), free_port()
-    rows = [
-        Row("direct", None, upstream_base),
-        Row(
-            BASELINE_ROW,
-            [
-                sys.executable,
-                str(HERE / "passthrough.py"),
-                "--upstream",
-                upstream_base,
-                "--host",
-                HOST,
-                "--port",
-                str(passthrough_port),
-            ],
-            f"http://{HOST}:{passthrough_port}/fhir",
-        ),
-    ]
+    """Return the servers to benchmark, in table order."""
+    rows = [Row("direct", None, upstream_base), passthrough_row(upstream_base)]
     if args.granian:
         rows.append(granian_row(upstream_base))
-    rows.append(
-        Row(
-            "fhirwall",
-            [
-                str(VENV_BIN / "fhirwall"),
-                "serve",
-                "--upstream",
-                upstream_base,
-                "--port",
-                str(fhirwall_port),
-                "--host",
-                HOST,
-                "--workers",
-                "1",
-                "--log-level",
-                "warning",
-            ],
-            f"http://{HOST}:{fhirwall_port}/fhir",
-            goals=True,
-        )
-    )
+    rows.append(fhirwall_row("fhirwall", upstream_base, goals=True))
+    # Extension point: more rows go here, e.g. a policy-on row whose requests carry a token:
+    #   rows.append(fhirwall_row("fhirwall-policy", upstream_base, ["--config", "<policy.yaml>"],
+    #                            headers={"Authorization": "Bearer <token>"}))
     return rows
+
+
+def _split(command_line: str) -> list[str]:
+    return command_line.split()  # the values used here never contain spaces
+
+
+def passthrough_row(upstream_base: str) -> Row:
+    """Serve the bare aiohttp passthrough with uvicorn: the baseline ("floor") row."""
+    port = free_port()
+    args = _split(f"--upstream {upstream_base} --host {HOST} --port {port}")
+    command = [sys.executable, str(HERE / "passthrough.py"), *args]
+    return Row(BASELINE_ROW, command, f"http://{HOST}:{port}/fhir")
 
 
 def granian_row(upstream_base: str) -> Row:
     """Serve the same passthrough app with granian instead of uvicorn (for information)."""
     port = free_port()
-    command = [
-        str(VENV_BIN / "granian"),
-        "--interface",
-        "asgi",
-        "--loop",
-        "uvloop",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--no-ws",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--working-dir",
-        str(HERE),
-        "passthrough:app",
-    ]
+    args = _split(
+        f"--interface asgi --loop uvloop --host {HOST} --port {port} --workers 1 --no-ws "
+        f"--log-level warning --no-access-log --working-dir {HERE} passthrough:app"
+    )
     env = {"FHIRWALL_BENCH_UPSTREAM": upstream_base}
+    command = [str(VENV_BIN / "granian"), *args]
     return Row("passthrough-granian", command, f"http://{HOST}:{port}/fhir", env=env, cwd=HERE)
+
+
+def fhirwall_row(
+    name: str,
+    upstream_base: str,
+    extra_args: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    goals: bool = False,
+) -> Row:
+    """Serve fhirwall itself; ``extra_args`` are appended to ``fhirwall serve``."""
+    port = free_port()
+    args = _split(
+        f"serve --upstream {upstream_base} --port {port} --host {HOST} --workers 1 --log-level warning"
+    )
+    command = [str(VENV_BIN / "fhirwall"), *args, *(extra_args or [])]
+    return Row(name, command, f"http://{HOST}:{port}/fhir", headers=headers or {}, goals=goals)
 
 
 # --------------------------------------------------------------------------- wrk

@@ -47,7 +47,9 @@ def test_non_object_json_is_400(client: httpx.Client) -> None:
 
 
 def test_body_type_must_match_url(client: httpx.Client) -> None:
-    message = assert_outcome(client.post("/Patient", json={"resourceType": "Observation"}, headers=FHIR_JSON), 400)
+    message = assert_outcome(
+        client.post("/Patient", json={"resourceType": "Observation"}, headers=FHIR_JSON), 400
+    )
     assert "does not match" in message
     mismatch = client.put("/Patient/a1", json={"resourceType": "Patient", "id": "b2"}, headers=FHIR_JSON)
     assert_outcome(mismatch, 400)
@@ -113,7 +115,9 @@ def test_unknown_interaction(client: httpx.Client) -> None:
 
 def test_xml_is_406(client: httpx.Client, upstream: SeededUpstream) -> None:
     patient_id = upstream.first("Patient")
-    message = assert_outcome(client.get(f"/Patient/{patient_id}", headers={"accept": "application/fhir+xml"}), 406)
+    message = assert_outcome(
+        client.get(f"/Patient/{patient_id}", headers={"accept": "application/fhir+xml"}), 406
+    )
     assert "JSON" in message
     assert_outcome(client.get(f"/Patient/{patient_id}", params={"_format": "xml"}), 406)
     assert_outcome(client.get("/Patient", params={"_format": "application/fhir+xml"}), 406)
@@ -125,7 +129,9 @@ def test_xml_is_406(client: httpx.Client, upstream: SeededUpstream) -> None:
 
 def test_method_override_headers_are_refused(client: httpx.Client) -> None:
     for header in ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Original-URL"):
-        response = client.post("/Patient", json={"resourceType": "Patient"}, headers={**FHIR_JSON, header: "DELETE"})
+        response = client.post(
+            "/Patient", json={"resourceType": "Patient"}, headers={**FHIR_JSON, header: "DELETE"}
+        )
         assert_outcome(response, 400, "security")
 
 
@@ -133,12 +139,18 @@ def test_invalid_batch_bodies(client: httpx.Client) -> None:
     assert_outcome(client.post("", json={"resourceType": "Patient"}, headers=FHIR_JSON), 400)
     not_batch = {"resourceType": "Bundle", "type": "collection"}
     assert_outcome(client.post("", json=not_batch, headers=FHIR_JSON), 400)
-    bad_entry = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET",
-                                                                                   "url": "patient/1"}}]}
+    bad_entry = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "patient/1"}}],
+    }
     message = assert_outcome(client.post("", json=bad_entry, headers=FHIR_JSON), 400)
     assert "entry[0]" in message
-    foreign = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET",
-                                                                                 "url": "http://other/fhir/Patient"}}]}
+    foreign = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "http://other/fhir/Patient"}}],
+    }
     assert_outcome(client.post("", json=foreign, headers=FHIR_JSON), 400)
 
 
@@ -151,6 +163,8 @@ def test_invalid_json_patch(client: httpx.Client) -> None:
 def test_bad_host_header(proxy: RunningProxy) -> None:
     port = proxy.settings.server.port
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /fhir/metadata HTTP/1.1\r\nHost: evil.example/<script>\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"GET /fhir/metadata HTTP/1.1\r\nHost: evil.example/<script>\r\nConnection: close\r\n\r\n"
+        )
         data = sock.recv(65536)
     assert data.startswith(b"HTTP/1.1 400")

@@ -10,7 +10,9 @@ import httpx
 from tests.conftest import RunningProxy, SeededUpstream, upstream_traffic
 
 
-def test_only_allowed_request_headers_reach_the_upstream(client: httpx.Client, upstream: SeededUpstream) -> None:
+def test_only_allowed_request_headers_reach_the_upstream(
+    client: httpx.Client, upstream: SeededUpstream
+) -> None:
     request_id = "hyg-" + uuid.uuid4().hex
     sent = {
         "X-Request-Id": request_id,
@@ -32,8 +34,17 @@ def test_only_allowed_request_headers_reach_the_upstream(client: httpx.Client, u
     assert response.status_code == 200
     [seen] = upstream_traffic(upstream.server, request_id)
     received = set(seen["headers"])
-    for forbidden in ("authorization", "cookie", "x-forwarded-for", "x-forwarded-host", "forwarded", "x-user-id",
-                      "x-audit-user", "proxy-authorization", "te"):
+    for forbidden in (
+        "authorization",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-user-id",
+        "x-audit-user",
+        "proxy-authorization",
+        "te",
+    ):
         assert forbidden not in received
     assert seen["headers"]["if-none-match"] == 'W/"999"'
     assert seen["headers"]["prefer"] == "handling=strict"
@@ -56,8 +67,14 @@ def test_only_allowed_response_headers_come_back(client: httpx.Client, upstream:
     assert "vary" in direct.headers  # the upstream sends it ...
     response = client.get(f"/Patient/{patient_id}")
     assert "vary" not in response.headers  # ... the proxy does not pass it on
-    assert set(response.headers) <= {"date", "content-length", "content-type", "etag", "last-modified",
-                                     "x-request-id"}
+    assert set(response.headers) <= {
+        "date",
+        "content-length",
+        "content-type",
+        "etag",
+        "last-modified",
+        "x-request-id",
+    }
     assert response.headers["content-type"] == "application/fhir+json; charset=utf-8"
 
 
@@ -67,9 +84,18 @@ def test_bad_requests_never_reach_the_upstream(client: httpx.Client, upstream: S
     client.post("/Patient", content=b"{broken", headers=headers)
     client.get("/patient/1", headers=headers)
     client.get("/Patient/1", headers={**headers, "accept": "application/fhir+xml"})
-    client.post("/Patient", json={"resourceType": "Patient"}, headers={**headers, "X-HTTP-Method-Override": "DELETE"})
-    client.post("", json={"resourceType": "Bundle", "type": "batch",
-                          "entry": [{"request": {"method": "GET", "url": "Patient/.."}}]}, headers=headers)
+    client.post(
+        "/Patient", json={"resourceType": "Patient"}, headers={**headers, "X-HTTP-Method-Override": "DELETE"}
+    )
+    client.post(
+        "",
+        json={
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": "Patient/.."}}],
+        },
+        headers=headers,
+    )
     time.sleep(0.3)
     assert upstream_traffic(upstream.server, request_id, expect_at_least=0) == []
 

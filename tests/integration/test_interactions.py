@@ -74,14 +74,25 @@ def test_create_read_vread_update_patch_delete_cycle(client: httpx.Client, proxy
     assert stale.json()["resourceType"] == "OperationOutcome"
 
     json_patch = [{"op": "replace", "path": "/gender", "value": "male"}]
-    patched = client.patch(f"/Patient/{patient_id}", json=json_patch,
-                           headers={"content-type": "application/json-patch+json"})
+    patched = client.patch(
+        f"/Patient/{patient_id}", json=json_patch, headers={"content-type": "application/json-patch+json"}
+    )
     assert patched.status_code == 200
     assert patched.json()["gender"] == "male"
 
-    fhirpath_patch = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
-        {"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender"},
-        {"name": "value", "valueCode": "female"}]}]}
+    fhirpath_patch = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "replace"},
+                    {"name": "path", "valueString": "Patient.gender"},
+                    {"name": "value", "valueCode": "female"},
+                ],
+            }
+        ],
+    }
     patched = client.patch(f"/Patient/{patient_id}", json=fhirpath_patch, headers=FHIR_JSON)
     assert patched.status_code == 200
     assert patched.json()["gender"] == "female"
@@ -98,7 +109,9 @@ def test_create_read_vread_update_patch_delete_cycle(client: httpx.Client, proxy
 
 def test_update_as_create(client: httpx.Client) -> None:
     patient_id = "fw-" + uuid.uuid4().hex[:16]
-    response = client.put(f"/Patient/{patient_id}", json={**new_patient(), "id": patient_id}, headers=FHIR_JSON)
+    response = client.put(
+        f"/Patient/{patient_id}", json={**new_patient(), "id": patient_id}, headers=FHIR_JSON
+    )
     assert response.status_code == 201
     assert response.headers["location"].endswith(f"/Patient/{patient_id}/_history/1")
 
@@ -165,9 +178,14 @@ def test_system_search_and_compartment_search(client: httpx.Client, upstream: Se
     patient_id = upstream.first("Patient")
     # The upstream does not implement system-level search: its answer must reach the client unchanged.
     for proxied, direct in (
-        (client.post("/_search", data={"_type": "Patient"}),
-         httpx.post(f"{upstream.base_url}/_search", data={"_type": "Patient"})),
-        (client.get("", params={"_type": "Patient"}), httpx.get(upstream.base_url, params={"_type": "Patient"})),
+        (
+            client.post("/_search", data={"_type": "Patient"}),
+            httpx.post(f"{upstream.base_url}/_search", data={"_type": "Patient"}),
+        ),
+        (
+            client.get("", params={"_type": "Patient"}),
+            httpx.get(upstream.base_url, params={"_type": "Patient"}),
+        ),
     ):
         assert proxied.status_code == direct.status_code
         assert proxied.json()["issue"] == direct.json()["issue"]
@@ -184,18 +202,31 @@ def test_history_type_and_system(client: httpx.Client) -> None:
 
 
 def test_transaction_and_batch(client: httpx.Client, proxy: RunningProxy, upstream: SeededUpstream) -> None:
-    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:" + str(uuid.uuid4()), "resource": new_patient(),
-         "request": {"method": "POST", "url": "Patient"}}]}
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:" + str(uuid.uuid4()),
+                "resource": new_patient(),
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
     response = client.post("", json=transaction, headers=FHIR_JSON)
     assert response.status_code == 200
     result = response.json()
     assert result["type"] == "transaction-response"
     assert result["entry"][0]["response"]["location"].startswith(proxy.base_url + "/Patient/")
 
-    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": f"Patient/{upstream.first('Patient')}"}},
-        {"request": {"method": "GET", "url": f"{proxy.base_url}/Observation?_count=1"}}]}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Patient/{upstream.first('Patient')}"}},
+            {"request": {"method": "GET", "url": f"{proxy.base_url}/Observation?_count=1"}},
+        ],
+    }
     response = client.post("/", json=batch, headers=FHIR_JSON)
     assert response.status_code == 200
     assert [entry["response"]["status"][:3] for entry in response.json()["entry"]] == ["200", "200"]

@@ -29,15 +29,22 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
 
 
 def test_no_file_with_overrides() -> None:
-    settings = load_settings(None, environ={}, overrides={"upstreams": [{"name": "default", "url": "http://u/fhir"}],
-                                                          "server.port": 9000})
+    settings = load_settings(
+        None,
+        environ={},
+        overrides={"upstreams": [{"name": "default", "url": "http://u/fhir"}], "server.port": 9000},
+    )
     assert settings.server.port == 9000
     assert settings.upstreams[0].url == "http://u/fhir"
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
-    environ = {"FHIRWALL_SERVER__PORT": "9100", "FHIRWALL_UPSTREAMS__0__READ_TIMEOUT": "5",
-               "FHIRWALL_LIMITS__MAX_BODY_BYTES": "2048", "OTHER": "x"}
+    environ = {
+        "FHIRWALL_SERVER__PORT": "9100",
+        "FHIRWALL_UPSTREAMS__0__READ_TIMEOUT": "5",
+        "FHIRWALL_LIMITS__MAX_BODY_BYTES": "2048",
+        "OTHER": "x",
+    }
     settings = load_settings(write(tmp_path, MINIMAL), environ=environ)
     assert settings.server.port == 9100
     assert settings.upstreams[0].read_timeout == 5
@@ -45,8 +52,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 
 
 def test_cli_overrides_environment(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, MINIMAL), environ={"FHIRWALL_SERVER__PORT": "9100"},
-                             overrides={"server.port": 9200})
+    settings = load_settings(
+        write(tmp_path, MINIMAL), environ={"FHIRWALL_SERVER__PORT": "9100"}, overrides={"server.port": 9200}
+    )
     assert settings.server.port == 9200
 
 
@@ -69,8 +77,16 @@ upstreams:
     with pytest.raises(ConfigError) as raised:
         load_settings(write(tmp_path, text), environ={})
     paths = {path for path, _ in raised.value.problems}
-    assert {"server.port", "server.trusted_proxies", "limits.max_body_bytes", "upstreams.0.url",
-            "upstreams.0.resource_types", "upstreams.0.auth", "upstreams.1.name", "upstreams.1.colour"} <= paths
+    assert {
+        "server.port",
+        "server.trusted_proxies",
+        "limits.max_body_bytes",
+        "upstreams.0.url",
+        "upstreams.0.resource_types",
+        "upstreams.0.auth",
+        "upstreams.1.name",
+        "upstreams.1.colour",
+    } <= paths
 
 
 def test_cross_field_rules(tmp_path: Path) -> None:
@@ -109,8 +125,12 @@ upstreams:
     url: not-a-url
     read_timeout: -1
 """
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "check-config", str(write(tmp_path, text))],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "check-config", str(write(tmp_path, text))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2
     assert "3 problem(s)" in result.stderr
     for path in ("server.port", "upstreams.0.url", "upstreams.0.read_timeout"):
@@ -118,9 +138,12 @@ upstreams:
 
 
 def test_check_config_accepts_the_examples() -> None:
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "check-config",
-                             str(REPO_ROOT / "examples/config/minimal.yaml")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "check-config", str(REPO_ROOT / "examples/config/minimal.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
