@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from typing import Any
+
+import httpx
 
 from proxy.embedded_upstream import EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
 from proxy.serve import run_server
@@ -32,12 +36,23 @@ def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
                 "upstreams": [{"name": "default", "url": upstream.base_url}],
             },
         )
-        print(
-            banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, _sample_ids(responses)),
-            flush=True,
-        )
+        text = banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, _sample_ids(responses))
+        threading.Thread(target=_print_when_ready, args=(proxy_port, text), daemon=True).start()
         run_server(settings)
     return 0
+
+
+def _print_when_ready(port: int, text: str) -> None:
+    """Print ``text`` once the proxy answers, so every printed request works when it is read."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                print(text, flush=True)
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    print("the proxy did not start; see the log above", file=sys.stderr, flush=True)
 
 
 def _sample_ids(responses: list[dict[str, Any]]) -> dict[str, str]:

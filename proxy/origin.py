@@ -42,7 +42,7 @@ def resolve_origin(
     """Resolve client address, scheme, host and path prefix for a request from ``peer``."""
     host = headers.get("host", "")
     origin = RequestOrigin(peer or "", scheme, host, "")
-    if peer and _is_trusted(peer, trusted):
+    if trusted and peer and _is_trusted(peer, trusted):
         origin = _apply_forwarded(origin, headers, trusted)
     if not _HOST.fullmatch(origin.host):
         raise InvalidRequestError("the Host header is missing or not a valid host name")

@@ -29,6 +29,7 @@ from proxy.errors import (
     UnsupportedMediaTypeError,
 )
 from proxy.fhir.bundle import classify_entries
+from proxy.fhir.documents import InvalidDocumentError, ResourceHead, decode_resource_head
 from proxy.fhir.media import (
     FHIR_JSON_TYPES,
     BodyKind,
@@ -229,7 +230,7 @@ class FhirEndpoint:
         headers = self._response_headers(call, answer.headers)
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
-        _parse_upstream_json(answer)
+        _check_upstream_json(answer)
         return fhir_response(answer.status, self.rewriter.to_public(answer.body, call.public_base), headers)
 
     def _response_headers(
@@ -323,13 +324,18 @@ def _check_resource_body(request: FhirRequest, document: dict[str, Any]) -> Fhir
     return request
 
 
-def _parse_upstream_json(answer: BufferedResponse) -> dict[str, Any]:
+def _check_upstream_json(answer: BufferedResponse) -> ResourceHead:
+    """The response must be one well-formed FHIR JSON resource (502 otherwise)."""
     if media_type(answer.content_type) not in FHIR_JSON_TYPES:
         raise InvalidUpstreamResponseError(f"the upstream answered {answer.status} with a non-FHIR-JSON body")
     try:
-        document = orjson.loads(answer.body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidUpstreamResponseError("the upstream sent malformed JSON") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
-        raise InvalidUpstreamResponseError("the upstream sent JSON that is not a FHIR resource")
+        return decode_resource_head(answer.body)
+    except InvalidDocumentError as exc:
+        raise InvalidUpstreamResponseError("the upstream sent a body that is not a FHIR JSON resource") from exc
+
+
+def _parse_upstream_json(answer: BufferedResponse) -> dict[str, Any]:
+    """The response as a full document (for the few responses the proxy rebuilds)."""
+    _check_upstream_json(answer)
+    document: dict[str, Any] = orjson.loads(answer.body)
     return document

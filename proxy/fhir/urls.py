@@ -19,23 +19,28 @@ __all__ = ["BaseUrlRewriter", "rebase_body", "rebase_url", "to_upstream"]
 
 
 @lru_cache(maxsize=64)
-def _pattern(sources: tuple[str, ...]) -> re.Pattern[bytes]:
-    alternatives = []
-    for source in sorted(sources, key=len, reverse=True):
-        raw = source.encode()
-        alternatives += [re.escape(raw), re.escape(raw.replace(b"/", b"\\/"))]
-    return re.compile(rb'"(' + b"|".join(alternatives) + rb')(?=/|\\/|\?|#|")')
+def _patterns(sources: tuple[str, ...]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """Patterns for the sources as written plainly and with JSON-escaped slashes (``http:\\/\\/``)."""
+    ordered = sorted((source.encode() for source in sources), key=len, reverse=True)
+    plain = b"|".join(re.escape(raw) for raw in ordered)
+    escaped = b"|".join(re.escape(raw.replace(b"/", b"\\/")) for raw in ordered)
+    boundary = rb'(?=/|\\/|\?|#|")'
+    return re.compile(rb'"(?:' + plain + rb")" + boundary), re.compile(rb'"(?:' + escaped + rb")" + boundary)
 
 
 def rebase_body(body: bytes, sources: tuple[str, ...], target: str) -> bytes:
     """Replace each of ``sources`` by ``target`` where a JSON string in ``body`` starts with it."""
-    plain = b'"' + target.encode()
-    escaped = b'"' + target.encode().replace(b"/", b"\\/")
+    plain, escaped = _patterns(sources)
+    target_bytes = target.encode()
+    body, count = plain.subn(_template(b'"' + target_bytes), body)
+    if count == 0:  # a server escapes slashes everywhere or nowhere: only then look for the escaped form
+        body = escaped.sub(_template(b'"' + target_bytes.replace(b"/", b"\\/")), body)
+    return body
 
-    def replace(match: re.Match[bytes]) -> bytes:
-        return escaped if b"\\/" in match.group(1) else plain
 
-    return _pattern(sources).sub(replace, body)
+def _template(text: bytes) -> bytes:
+    """``text`` as a literal ``re.sub`` replacement (backslashes escaped)."""
+    return text.replace(b"\\", b"\\\\")
 
 
 def rebase_url(url: str, sources: Iterable[str], target: str) -> str:
