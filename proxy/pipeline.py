@@ -331,7 +331,7 @@ def _check_upstream_json(answer: BufferedResponse) -> ResourceHead:
     try:
         return decode_resource_head(answer.body)
     except InvalidDocumentError as exc:
-        raise InvalidUpstreamResponseError("the upstream sent a body that is not a FHIR JSON resource") from exc
+        raise InvalidUpstreamResponseError("the upstream body is not a FHIR JSON resource") from exc
 
 
 def _parse_upstream_json(answer: BufferedResponse) -> dict[str, Any]:

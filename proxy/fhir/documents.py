@@ -19,7 +19,7 @@ class InvalidDocumentError(ValueError):
 class ResourceHead(msgspec.Struct, frozen=True):
     """The type of a FHIR resource document (every other member is validated, not materialised)."""
 
-    resourceType: str  # noqa: N815 (FHIR's own spelling)
+    resourceType: str
 
 
 _HEAD = msgspec.json.Decoder(ResourceHead)

@@ -22,8 +22,10 @@ PUBLIC = "https://api.example.org/fhir"
         (f'{{"text":"see {UP}/Patient/1"}}', f'{{"text":"see {UP}/Patient/1"}}'),  # not at string start
         ('{"reference":"Patient/1"}', '{"reference":"Patient/1"}'),
         ('{"v":1.50,"w":1e2,"u":"\\u00e9"}', '{"v":1.50,"w":1e2,"u":"\\u00e9"}'),  # bytes kept as sent
-        ('{"url":"http:\\/\\/up:8090\\/fhir\\/Patient\\/1"}',
-         '{"url":"https:\\/\\/api.example.org\\/fhir\\/Patient\\/1"}'),
+        (
+            '{"url":"http:\\/\\/up:8090\\/fhir\\/Patient\\/1"}',
+            '{"url":"https:\\/\\/api.example.org\\/fhir\\/Patient\\/1"}',
+        ),
     ],
 )
 def test_to_public(before: str, after: str) -> None:
@@ -32,10 +34,17 @@ def test_to_public(before: str, after: str) -> None:
 
 
 def test_rewritten_bundle_is_still_json() -> None:
-    bundle = {"resourceType": "Bundle", "link": [{"relation": "self", "url": f"{UP}/Observation?code=a%7Cb"}],
-              "entry": [{"fullUrl": f"{UP}/Observation/{i}", "resource": {"resourceType": "Observation",
-                                                                         "subject": {"reference": f"{UP}/Patient/9"}}}
-                        for i in range(3)]}
+    bundle = {
+        "resourceType": "Bundle",
+        "link": [{"relation": "self", "url": f"{UP}/Observation?code=a%7Cb"}],
+        "entry": [
+            {
+                "fullUrl": f"{UP}/Observation/{i}",
+                "resource": {"resourceType": "Observation", "subject": {"reference": f"{UP}/Patient/9"}},
+            }
+            for i in range(3)
+        ],
+    }
     out = orjson.loads(BaseUrlRewriter([UP]).to_public(orjson.dumps(bundle), PUBLIC))
     assert out["link"][0]["url"] == f"{PUBLIC}/Observation?code=a%7Cb"
     assert [e["fullUrl"] for e in out["entry"]] == [f"{PUBLIC}/Observation/{i}" for i in range(3)]
@@ -56,4 +65,7 @@ def test_header_urls() -> None:
 
 def test_request_bodies_go_back_to_the_upstream_base() -> None:
     body = f'{{"subject":{{"reference":"{PUBLIC}/Patient/1"}},"note":"{PUBLIC}/x"}}'.encode()
-    assert to_upstream(body, PUBLIC, UP) == f'{{"subject":{{"reference":"{UP}/Patient/1"}},"note":"{UP}/x"}}'.encode()
+    assert (
+        to_upstream(body, PUBLIC, UP)
+        == f'{{"subject":{{"reference":"{UP}/Patient/1"}},"note":"{UP}/x"}}'.encode()
+    )
