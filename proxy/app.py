@@ -6,6 +6,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,7 +28,9 @@ __all__ = ["create_app"]
 def create_app(settings: Settings) -> Starlette:
     """Build the proxy application for ``settings`` (pools open in the lifespan)."""
     state = ProxyState(settings)
-    endpoint = FhirEndpoint(settings, state.router, state.rewriter)
+    endpoint = FhirEndpoint(
+        settings, state.router, state.rewriter, state.authenticator, state.sealer, state.discovery
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -46,6 +49,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Mount(settings.server.base_path, app=endpoint),
     ]
+    if state.dev_issuer is not None:
+        routes.append(Route("/_dev/jwks.json", _dev_jwks, methods=["GET"]))
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware, access_log=settings.server.access_log)],
@@ -54,6 +59,11 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.proxy = state
     return app
+
+
+async def _dev_jwks(request: Request) -> Response:
+    issuer = request.app.state.proxy.dev_issuer
+    return Response(orjson.dumps(issuer.jwks()), media_type="application/json")
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -52,6 +53,24 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("config-schema", help="print the JSON Schema of the configuration file")
     schema.set_defaults(handler=_config_schema)
+
+    token = commands.add_parser("token", help="mint a DEVELOPMENT token with the local dev issuer key")
+    token.add_argument("--persona", choices=sorted(PERSONAS), help="a demo persona (sets client and scopes)")
+    token.add_argument("--scope", help="scopes (instead of a persona's)")
+    token.add_argument("--patient", help="patient id for the launch context")
+    token.add_argument("--practitioner", help="practitioner id for fhirUser")
+    token.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="extra claim, e.g. --claim 'roles=[\"consent-manager\"]'",
+    )
+    token.add_argument("--issuer", default="http://127.0.0.1:8080/_dev", help="dev issuer URL")
+    token.add_argument("--audience", default="http://127.0.0.1:8080/fhir", help="the proxy's FHIR base")
+    token.add_argument("--key-file", type=Path, default=Path(".fhirwall-dev/issuer-key.pem"))
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    token.set_defaults(handler=_token)
     return parser
 
 
@@ -63,6 +82,16 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="worker processes")
     parser.add_argument("--public-base-url", help="the FHIR base URL clients see")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--issuer", help="trusted JWT issuer (iss) of access tokens")
+    parser.add_argument("--jwks-uri", help="the issuer's JWKS URL (with --issuer)")
+    parser.add_argument(
+        "--audience", action="append", help="accepted token audience (default: the public base)"
+    )
+    parser.add_argument(
+        "--allow-dev-issuer",
+        action="store_true",
+        help="trust the local DEVELOPMENT issuer key (never in production)",
+    )
 
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +108,14 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = getattr(args, flag)
     if args.upstream is not None:
         overrides["upstreams"] = [{"name": "default", "url": args.upstream}]
+    if (args.issuer is None) != (args.jwks_uri is None):
+        raise ConfigError([("--issuer/--jwks-uri", "give both, or neither")])
+    if args.issuer is not None:
+        overrides["auth.issuers"] = [{"issuer": args.issuer, "jwks_uri": args.jwks_uri}]
+    if args.audience:
+        overrides["auth.audiences"] = args.audience
+    if args.allow_dev_issuer:
+        overrides["auth.dev_issuer.enabled"] = True
     return overrides
 
 
@@ -94,6 +131,32 @@ def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
     return run_demo(proxy_port=args.port, upstream_port=args.upstream_port, patients=args.patients)
+
+
+def _token(args: argparse.Namespace) -> int:
+    issuer = DevIssuer(load_or_create_key(args.key_file), args.issuer.rstrip("/"))
+    extra = {name: orjson.loads(value) for name, _, value in (item.partition("=") for item in args.claim)}
+    if args.persona:
+        persona = PERSONAS[args.persona]
+        if persona.patient_context and not args.patient:
+            print(f"--patient is required for the {persona.name} persona", file=sys.stderr)
+            return 2
+        token = issuer.mint_persona(
+            persona,
+            audience=args.audience,
+            patient=args.patient,
+            practitioner=args.practitioner,
+            lifetime=args.lifetime,
+            extra=extra,
+        )
+    else:
+        claims = {"sub": "dev-user", "client_id": "dev-client", "scope": args.scope or "", **extra}
+        if args.patient:
+            claims["patient"] = args.patient
+        token = issuer.mint(claims, audience=args.audience, lifetime=args.lifetime)
+    print("development token (trusted only by a proxy started with the dev issuer enabled):", file=sys.stderr)
+    print(token)
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

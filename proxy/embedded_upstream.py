@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import yaml
 
-__all__ = ["EXAMPLE_DATA", "EmbeddedUpstream", "load_bundle", "synthea_bundles"]
+__all__ = ["CAREBUNDLE_DATA", "EXAMPLE_DATA", "EmbeddedUpstream", "load_bundle", "synthea_bundles"]
 
 EXAMPLE_DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "synthea-r4"
+CAREBUNDLE_DATA = EXAMPLE_DATA.parent / "carebundle"
 START_TIMEOUT_SECONDS = 30.0
 
 

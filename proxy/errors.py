@@ -9,6 +9,9 @@ enter (``raise UpstreamTimeoutError(...) from exc``), never passed through.
     │   ├── MalformedJsonError       400 structure
     │   ├── InvalidPathError         400 invalid
     │   └── ForbiddenHeaderError     400 security
+    ├── AuthenticationError          401 login      (WWW-Authenticate: Bearer ...)
+    ├── ForbiddenError               403 forbidden
+    │   └── InsufficientScopeError   403 forbidden  (WWW-Authenticate: Bearer error="insufficient_scope")
     ├── NotFoundError                404 not-found
     │   └── UnknownResourceTypeError 404 not-supported
     ├── MethodNotAllowedError        405 not-supported
@@ -19,6 +22,7 @@ enter (``raise UpstreamTimeoutError(...) from exc``), never passed through.
     └── UpstreamError                502 exception
         ├── InvalidUpstreamResponseError 502 exception
         ├── UpstreamUnavailableError 503 transient
+        │   └── IssuerUnavailableError 503 transient (token keys or introspection unreachable)
         └── UpstreamTimeoutError     504 timeout
 
 Diagnostics never echo request values (ids, search values, bodies): they may carry PHI.
@@ -32,10 +36,14 @@ import orjson
 
 __all__ = [
     "FHIR_JSON",
+    "AuthenticationError",
+    "ForbiddenError",
     "ForbiddenHeaderError",
+    "InsufficientScopeError",
     "InvalidPathError",
     "InvalidRequestError",
     "InvalidUpstreamResponseError",
+    "IssuerUnavailableError",
     "MalformedJsonError",
     "MethodNotAllowedError",
     "NotAcceptableError",
@@ -91,6 +99,36 @@ class InvalidPathError(InvalidRequestError):
 class ForbiddenHeaderError(InvalidRequestError):
     issue_code = "security"
     default_message = "the request carries a header this proxy refuses"
+
+
+class AuthenticationError(ProxyError):
+    """No usable access token (RFC 6750): missing, malformed, expired, wrong audience/issuer/signature."""
+
+    status_code = 401
+    issue_code = "login"
+    default_message = "a valid bearer access token is required"
+
+    def __init__(self, message: str | None = None, *, missing: bool = False) -> None:
+        challenge = 'Bearer realm="fhirwall"'
+        if not missing:
+            description = (message or self.default_message).replace('"', "'")
+            challenge += f', error="invalid_token", error_description="{description}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class ForbiddenError(ProxyError):
+    status_code = 403
+    issue_code = "forbidden"
+    default_message = "access to this data is not permitted"
+
+
+class InsufficientScopeError(ForbiddenError):
+    default_message = "the access token's scopes do not permit this request"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message, headers={"WWW-Authenticate": 'Bearer realm="fhirwall", error="insufficient_scope"'}
+        )
 
 
 class NotFoundError(ProxyError):
@@ -151,6 +189,10 @@ class UpstreamUnavailableError(UpstreamError):
     status_code = 503
     issue_code = "transient"
     default_message = "the upstream FHIR server is unavailable"
+
+
+class IssuerUnavailableError(UpstreamUnavailableError):
+    default_message = "the token issuer could not be reached to verify the access token"
 
 
 class UpstreamTimeoutError(UpstreamError):

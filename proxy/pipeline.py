@@ -10,7 +10,7 @@ Binary content, which is streamed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -18,12 +18,19 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy.auth.authenticator import Authenticator
+from proxy.auth.discovery import SmartDiscovery, security_extension
+from proxy.authorization import authorize
 from proxy.body import RawBodyStream, check_declared_length, parse_json_object, read_body
+from proxy.call import ProxyCall
 from proxy.capabilities import proxy_capabilities, resource_entries
+from proxy.enforcement import LinkContext, checked_body
 from proxy.errors import (
     InvalidPathError,
     InvalidRequestError,
     InvalidUpstreamResponseError,
+    MethodNotAllowedError,
+    NotFoundError,
     PayloadTooLargeError,
     ProxyError,
     UnsupportedMediaTypeError,
@@ -42,6 +49,10 @@ from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query
 from proxy.fhir.urls import BaseUrlRewriter, to_upstream
 from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
 from proxy.origin import resolve_origin
+from proxy.policy.access import AccessView
+from proxy.policy.decision import AccessDecision, ResponseCheck
+from proxy.policy.paging import PageSealer, load_paging_key
+from proxy.policy.smart import check_operation_allowed
 from proxy.responses import fhir_response, outcome_response, raw_stream_response
 from proxy.settings import Settings
 from proxy.upstream import BufferedResponse, Upstream, UpstreamRouter
@@ -52,31 +63,27 @@ logger = logging.getLogger("fhirwall.pipeline")
 
 _BODY_INTERACTIONS = frozenset({Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.BATCH})
 _UPSTREAM_ACCEPT = "application/fhir+json"
-
-
-@dataclass(slots=True)
-class ProxyCall:
-    """Everything known about one client request once it has been checked."""
-
-    request: FhirRequest
-    public_base: str
-    request_id: str
-    headers: dict[str, str]
-    relative_path: str
-    query: str
-    body: bytes | None = None
-    document: dict[str, Any] | None = None
-    raw_body: RawBodyStream | None = None
-    raw_response: bool = False
+SMART_CONFIGURATION_PATH = "/.well-known/smart-configuration"
 
 
 class FhirEndpoint:
     """ASGI app serving the FHIR API below ``settings.server.base_path``."""
 
-    def __init__(self, settings: Settings, router: UpstreamRouter, rewriter: BaseUrlRewriter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: UpstreamRouter,
+        rewriter: BaseUrlRewriter,
+        authenticator: Authenticator | None = None,
+        sealer: PageSealer | None = None,
+        discovery: SmartDiscovery | None = None,
+    ) -> None:
+        self.discovery = discovery
         self.settings = settings
         self.router = router
         self.rewriter = rewriter
+        self.authenticator = authenticator
+        self.sealer = sealer or PageSealer(load_paging_key(None))
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -93,11 +100,23 @@ class FhirEndpoint:
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Check, forward and answer one request."""
+        if self._relative_path(scope) == SMART_CONFIGURATION_PATH:
+            return await self._smart_configuration(scope)
         call = self._prepare(scope)
-        await self._read_body(call, receive)
         if call.request.interaction is Interaction.CAPABILITIES:
             return await self._capabilities(call)
+        if self.authenticator is not None:
+            principal = await self.authenticator.authenticate(
+                call.headers.get("authorization"), call.public_base
+            )
+            call.view = AccessView(principal, self.settings.policy)
+            check_operation_allowed(call.view, call.request)
+        await self._read_body(call, receive)
+        if call.request.interaction is Interaction.PAGE:
+            return await self._page(call)
         upstream = self._route(call)
+        if call.view is not None:
+            await authorize(call, upstream, self._fetch_current)
         if call.raw_response or call.raw_body is not None:
             return await self._forward_raw(call, upstream)
         return await self._forward_json(call, upstream)
@@ -108,9 +127,7 @@ class FhirEndpoint:
         raw_headers = scope["headers"]
         check_refused_headers(raw_headers)
         headers = _header_dict(raw_headers)
-        client = scope.get("client")
-        origin = resolve_origin(client[0] if client else None, scope["scheme"], headers, self._trusted)
-        public_base = self.settings.server.public_base_url or origin.base_url(self._base_path)
+        public_base = self._public_base(scope, headers)
         relative_path = self._relative_path(scope)
         query = scope["query_string"].decode("latin-1")
         request = classify(scope["method"], relative_path, query)
@@ -120,6 +137,21 @@ class FhirEndpoint:
         return ProxyCall(
             request, public_base, request_id, headers, relative_path, query, raw_response=raw_response
         )
+
+    def _public_base(self, scope: Scope, headers: dict[str, str]) -> str:
+        client = scope.get("client")
+        origin = resolve_origin(client[0] if client else None, scope["scheme"], headers, self._trusted)
+        return self.settings.server.public_base_url or origin.base_url(self._base_path)
+
+    async def _smart_configuration(self, scope: Scope) -> Response:
+        """``GET [base]/.well-known/smart-configuration``: public, JSON whatever the Accept header."""
+        if scope["method"] != "GET":
+            raise MethodNotAllowedError(headers={"Allow": "GET"})
+        if self.discovery is None:
+            raise NotFoundError("this server does not require SMART authorization")
+        public_base = self._public_base(scope, _header_dict(scope["headers"]))
+        document = await self.discovery.configuration(public_base)
+        return Response(orjson.dumps(document), media_type="application/json")
 
     def _relative_path(self, scope: Scope) -> str:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -173,6 +205,7 @@ class FhirEndpoint:
 
     def _upstream_headers(self, call: ProxyCall, content_type: str | None) -> dict[str, str]:
         headers = forwardable_request_headers(call.headers)
+        headers.update(call.header_overrides)
         headers["accept"] = call.headers.get("accept", "*/*") if call.raw_response else _UPSTREAM_ACCEPT
         if call.request_id:
             headers["x-request-id"] = call.request_id
@@ -192,7 +225,7 @@ class FhirEndpoint:
         answer = await upstream.send(
             call.request.method, url, headers, body, max_bytes=self._limits.max_upstream_body_bytes
         )
-        return self._json_response(call, answer)
+        return self._json_response(call, answer, upstream)
 
     async def _forward_raw(self, call: ProxyCall, upstream: Upstream) -> Response:
         content_type = call.headers.get("content-type") if call.raw_body is not None else None
@@ -210,7 +243,7 @@ class FhirEndpoint:
         if media_type(stream.content_type) in FHIR_JSON_TYPES or stream.status >= 400:
             payload = await stream.read(self._limits.max_upstream_body_bytes)
             answer = BufferedResponse(stream.status, stream.headers, stream.content_type, payload)
-            return self._json_response(call, answer)
+            return self._json_response(call, answer, upstream)
         response_headers = self._response_headers(call, stream.headers)
         if "content-length" in dict(stream.headers):
             response_headers.append(("content-length", dict(stream.headers)["content-length"]))
@@ -224,14 +257,52 @@ class FhirEndpoint:
 
     # -- response side ------------------------------------------------------------------------------------
 
-    def _json_response(self, call: ProxyCall, answer: BufferedResponse) -> Response:
+    def _json_response(self, call: ProxyCall, answer: BufferedResponse, upstream: Upstream) -> Response:
         if answer.status in (401, 407):
             raise InvalidUpstreamResponseError("the upstream refused the proxy's own credentials")
         headers = self._response_headers(call, answer.headers)
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
-        _check_upstream_json(answer)
-        return fhir_response(answer.status, self.rewriter.to_public(answer.body, call.public_base), headers)
+        head = _check_upstream_json(answer)
+        body = answer.body
+        if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
+            links = self._link_context(call, upstream, call.view, call.decision)
+            body = checked_body(call.view, call.request, call.decision, head, body, links)
+        return fhir_response(answer.status, self.rewriter.to_public(body, call.public_base), headers)
+
+    def _link_context(
+        self, call: ProxyCall, upstream: Upstream, view: AccessView, decision: AccessDecision
+    ) -> LinkContext:
+        return LinkContext(
+            self.sealer,
+            upstream.name,
+            upstream.base_url,
+            call.public_base,
+            call.request.resource_type,
+            view.principal.binding,
+            decision.total_is_exact,
+        )
+
+    async def _page(self, call: ProxyCall) -> Response:
+        """Follow a sealed paging link: only for the principal it was issued to; re-checked like a search."""
+        if call.view is None:
+            raise NotFoundError()
+        token = next(iter(call.request.param_values("token")), "")
+        location = self.sealer.open(token, call.view.principal.binding)
+        upstream = self.router.by_name(location.upstream)
+        call.relative_path, _, call.query = location.path_and_query.partition("?")
+        call.request = replace(call.request, resource_type=location.resource_type)
+        call.decision = AccessDecision(response=ResponseCheck.BUNDLE, total_is_exact=location.total_is_exact)
+        return await self._forward_json(call, upstream)
+
+    async def _fetch_current(self, call: ProxyCall, upstream: Upstream) -> BufferedResponse:
+        """GET the stored version of the resource a write targets (for checks before writing)."""
+        request = call.request
+        path = f"/{request.resource_type}/{request.id}"
+        headers = {"accept": _UPSTREAM_ACCEPT, "x-request-id": call.request_id}
+        return await upstream.send(
+            "GET", upstream.url_for(path), headers, None, max_bytes=self._limits.max_upstream_body_bytes
+        )
 
     def _response_headers(
         self, call: ProxyCall, upstream_headers: list[tuple[str, str]]
@@ -266,6 +337,10 @@ class FhirEndpoint:
             if self.router.for_type(resource_type) is upstream
         }
         statement = proxy_capabilities(statements[self.router.default.name], routed, call.public_base)
+        if self.discovery is not None:
+            configuration = await self.discovery.configuration(call.public_base)
+            for rest in statement.get("rest", []):
+                rest["security"] = security_extension(configuration)
         return fhir_response(200, self.rewriter.to_public(orjson.dumps(statement), call.public_base))
 
 

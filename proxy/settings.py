@@ -19,8 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
+    "AuthSettings",
     "ConfigError",
+    "IntrospectionSettings",
+    "IssuerSettings",
     "LimitsSettings",
+    "PolicySettings",
     "RedisSettings",
     "ServerSettings",
     "ServerTlsSettings",
@@ -220,6 +224,170 @@ class UpstreamSettings(_Model):
         return value
 
 
+DEFAULT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+_ASYMMETRIC = frozenset(DEFAULT_ALGORITHMS)
+
+
+class IssuerSettings(_Model):
+    """A trusted issuer of JWT access tokens."""
+
+    issuer: str = Field(description="The exact `iss` value.")
+    jwks_uri: str = Field(description="Where the issuer publishes its signing keys (JWKS).")
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="Accepted `aud` values; default: auth.audiences, else the public base.",
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ALGORITHMS), description="Accepted signature algorithms."
+    )
+
+    _urls = field_validator("jwks_uri")(_http_url)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in _ASYMMETRIC]
+        if refused:
+            raise ValueError(
+                f"only asymmetric algorithms are accepted ({', '.join(DEFAULT_ALGORITHMS)}); "
+                f"refused: {', '.join(refused)}"
+            )
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        return value
+
+
+class IntrospectionSettings(_Model):
+    """RFC 7662 token introspection for opaque tokens."""
+
+    endpoint: str = Field(description="The introspection endpoint.")
+    client_id: str = Field(description="The proxy's client id at the authorization server.")
+    client_secret_env: str | None = Field(None, description="Environment variable holding the client secret.")
+    client_secret_file: Path | None = Field(None, description="File holding the client secret.")
+    issuer: str | None = Field(None, description="Issuer recorded for introspected principals.")
+    cache_seconds: float = Field(60.0, gt=0, le=3600, description="Longest time an active answer is reused.")
+    negative_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long an inactive answer is reused."
+    )
+
+    _url = field_validator("endpoint")(_http_url)
+    _file = field_validator("client_secret_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _secret(self) -> IntrospectionSettings:
+        problems = _one_secret_source(self.client_secret_env, self.client_secret_file, "client_secret")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ClaimSettings(_Model):
+    """Where non-standard facts live in tokens (dotted paths)."""
+
+    purpose_of_use: list[str] = Field(
+        default_factory=lambda: ["extensions.ihe_iua.purpose_of_use", "extensions.hl7-b2b.purpose_of_use"],
+        description="Claims holding the purpose of use (first present wins).",
+    )
+    roles: list[str] = Field(default_factory=lambda: ["roles"], description="Claims holding roles.")
+    organizations: list[str] = Field(
+        default_factory=lambda: ["extensions.ihe_iua.subject_organization_id", "organization"],
+        description="Claims holding the user's organisations.",
+    )
+
+
+class DevIssuerSettings(_Model):
+    """A development-only token issuer served by the proxy itself (the demo's). Never in production."""
+
+    enabled: bool = Field(False, description="Serve /_dev/jwks.json and trust tokens signed by the dev key.")
+    key_file: Path = Field(Path(".fhirwall-dev/issuer-key.pem"), description="PEM key; created if missing.")
+    issuer: str | None = Field(None, description="The dev issuer URL (default: <public root>/_dev).")
+
+
+class AuthorizationServerSettings(_Model):
+    """The OAuth2/SMART authorization server advertised in SMART discovery."""
+
+    metadata_url: str | None = Field(
+        None,
+        description="Its OpenID/OAuth metadata URL (fetched and cached), e.g. "
+        "<issuer>/.well-known/openid-configuration.",
+    )
+    authorization_endpoint: str | None = Field(None, description="Overrides the metadata value.")
+    token_endpoint: str | None = Field(None, description="Overrides the metadata value.")
+    capabilities: list[str] = Field(
+        default_factory=lambda: [
+            "launch-standalone",
+            "client-public",
+            "client-confidential-symmetric",
+            "client-confidential-asymmetric",
+            "context-standalone-patient",
+            "permission-patient",
+            "permission-user",
+            "permission-v1",
+            "permission-v2",
+        ],
+        description="SMART capabilities advertised.",
+    )
+
+
+class AuthSettings(_Model):
+    """Who may call the proxy. Without issuers or introspection the proxy only binds to loopback."""
+
+    mode: Literal["auto", "smart", "none"] = Field(
+        "auto",
+        description="auto: SMART when issuers/introspection are configured, else no authentication "
+        "(allowed only on a loopback interface); none: explicitly unauthenticated.",
+    )
+    issuers: list[IssuerSettings] = Field(default_factory=list, description="Trusted JWT issuers.")
+    audiences: list[str] = Field(default_factory=list, description="Accepted `aud` values for every issuer.")
+    introspection: IntrospectionSettings | None = Field(None, description="Opaque-token introspection.")
+    clock_skew_seconds: float = Field(60.0, ge=0, le=300, description="Tolerance for exp/nbf/iat.")
+    jwks_min_refresh_seconds: float = Field(
+        30.0, ge=1, description="At most one JWKS refresh per this interval."
+    )
+    jwks_max_age_seconds: float = Field(3600.0, ge=60, description="JWKS are refetched after this age.")
+    claims: ClaimSettings = Field(default_factory=ClaimSettings)
+    dev_issuer: DevIssuerSettings = Field(default_factory=DevIssuerSettings)
+    authorization_server: AuthorizationServerSettings = Field(default_factory=AuthorizationServerSettings)
+
+    @property
+    def configured(self) -> bool:
+        """True when any way of verifying tokens is configured."""
+        return bool(self.issuers or self.introspection or self.dev_issuer.enabled)
+
+    @property
+    def enforced(self) -> bool:
+        """True when requests must carry a valid token."""
+        return self.mode == "smart" or (self.mode == "auto" and self.configured)
+
+
+class PolicySettings(_Model):
+    """How SMART scopes and compartments are enforced."""
+
+    hide_existence: bool = Field(
+        True, description="Answer 404 (not 403) for a resource that exists but may not be seen."
+    )
+    noncompartment_types_for_patient_scopes: bool = Field(
+        True,
+        description="patient/ scopes also reach types outside the Patient compartment (Medication, ...).",
+    )
+    protected_write_types: list[str] = Field(
+        default_factory=lambda: ["Consent", "AuditEvent"],
+        description="Types only principals with a role in protected_write_roles may write.",
+    )
+    protected_write_roles: list[str] = Field(
+        default_factory=lambda: ["consent-manager"], description="Roles allowed to write protected types."
+    )
+    allowed_operations: list[str] = Field(
+        default_factory=lambda: ["everything", "validate", "lastn", "meta"],
+        description="Operations the policy knows how to enforce; every other $operation is refused.",
+    )
+    paging_key_env: str | None = Field(
+        None,
+        description="Env var with a base64 32-byte key sealing paging links (share it across replicas); "
+        "default: a random key per process.",
+    )
+
+
 class RedisSettings(_Model):
     """Shared state for several replicas (optional)."""
 
@@ -242,6 +410,20 @@ class Settings(_Model):
         description="Upstream FHIR servers; exactly one is the default (resource_types: ['*'])."
     )
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+
+    @model_validator(mode="after")
+    def _check_unauthenticated_exposure(self) -> Settings:
+        if self.auth.mode == "auto" and not self.auth.configured and not _is_loopback(self.server.host):
+            raise ValueError(
+                f"no authentication is configured but server.host is {self.server.host}: configure "
+                "auth.issuers "
+                "or auth.introspection, or set auth.mode: none to expose an unauthenticated proxy on purpose"
+            )
+        if self.auth.mode == "smart" and not self.auth.configured:
+            raise ValueError("auth.mode is smart but no issuers, introspection or dev issuer are configured")
+        return self
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:
@@ -261,6 +443,15 @@ class Settings(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_network(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(

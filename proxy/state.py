@@ -1,16 +1,36 @@
-"""What one proxy process holds for its lifetime: settings, upstream pools, the URL rewriter, Redis."""
+"""What one proxy process holds for its lifetime: settings, upstream pools, URL rewriter, auth, Redis."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+import httpx
 import redis.asyncio as aioredis
 
+from proxy.auth.authenticator import Authenticator, build_authenticator
+from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
+from proxy.auth.discovery import SmartDiscovery
 from proxy.fhir.urls import BaseUrlRewriter
+from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.settings import Settings
 from proxy.upstream import Upstream, UpstreamRouter
 
-__all__ = ["ProxyState"]
+__all__ = ["ProxyState", "dev_issuer_url"]
+
+logger = logging.getLogger("fhirwall")
+
+
+def dev_issuer_url(settings: Settings) -> str:
+    """The development issuer's ``iss``: configured, or ``<public root>/_dev``."""
+    if settings.auth.dev_issuer.issuer:
+        return settings.auth.dev_issuer.issuer.rstrip("/")
+    if settings.server.public_base_url:
+        parts = urlsplit(settings.server.public_base_url)
+        return f"{parts.scheme}://{parts.netloc}/_dev"
+    scheme = "https" if settings.server.tls else "http"
+    return f"{scheme}://{settings.server.host}:{settings.server.port}/_dev"
 
 
 @dataclass
@@ -20,11 +40,34 @@ class ProxyState:
     settings: Settings
     router: UpstreamRouter = field(init=False)
     rewriter: BaseUrlRewriter = field(init=False)
+    http: httpx.AsyncClient = field(init=False)
+    dev_issuer: DevIssuer | None = field(init=False, default=None)
+    authenticator: Authenticator | None = field(init=False, default=None)
+    discovery: SmartDiscovery | None = field(init=False, default=None)
+    sealer: PageSealer = field(init=False)
     redis: aioredis.Redis | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.router = UpstreamRouter(self.settings.upstreams)
+        settings = self.settings
+        self.router = UpstreamRouter(settings.upstreams)
         self.rewriter = BaseUrlRewriter(upstream.base_url for upstream in self.router.upstreams)
+        self.http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+        self.sealer = PageSealer(load_paging_key(settings.policy.paging_key_env))
+        if settings.auth.dev_issuer.enabled:
+            key = load_or_create_key(settings.auth.dev_issuer.key_file)
+            self.dev_issuer = DevIssuer(key, dev_issuer_url(settings))
+            logger.warning(
+                "DEVELOPMENT ISSUER ENABLED: tokens signed with %s are trusted. Never in production.",
+                settings.auth.dev_issuer.key_file,
+            )
+        if settings.auth.enforced:
+            trusted = dev_trusted_issuer(self.dev_issuer) if self.dev_issuer else None
+            self.authenticator = build_authenticator(settings.auth, self.http, trusted)
+            self.discovery = SmartDiscovery(
+                settings.auth, self.http, self.dev_issuer.issuer if self.dev_issuer else None
+            )
+        elif not settings.auth.configured:
+            logger.warning("no authentication configured: every local client has full access to the upstream")
 
     async def open(self) -> None:
         """Open connection pools."""
@@ -37,6 +80,7 @@ class ProxyState:
     async def close(self) -> None:
         """Close connection pools."""
         await self.router.close()
+        await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -44,4 +88,4 @@ class ProxyState:
         return [upstream.name for upstream in self.router.upstreams]
 
     def router_by_name(self, name: str) -> Upstream:
-        return next(upstream for upstream in self.router.upstreams if upstream.name == name)
+        return self.router.by_name(name)

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import uvicorn
 
-from proxy.embedded_upstream import EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
+from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
+from proxy.embedded_upstream import CAREBUNDLE_DATA, EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
 from proxy.serve import uvicorn_config
 from proxy.settings import Settings, load_settings
 
@@ -36,6 +37,7 @@ class SeededUpstream:
 
     server: EmbeddedUpstream
     ids: dict[str, list[str]] = field(default_factory=dict)
+    by_patient: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -61,8 +63,13 @@ def upstream() -> Iterator[SeededUpstream]:
     server = EmbeddedUpstream(free_port(), log_inbound=True)
     server.start()
     try:
-        responses = server.seed(synthea_bundles(EXAMPLE_DATA, patients=2))
-        yield SeededUpstream(server, _collect_ids(responses))
+        carebundle = sorted(CAREBUNDLE_DATA.glob("*.json.gz"))
+        responses = server.seed([*synthea_bundles(EXAMPLE_DATA, patients=2), *carebundle])
+        by_patient = {}
+        for bundle in responses[2:]:
+            ids = _collect_ids([bundle])
+            by_patient[ids["Patient"][0]] = ids
+        yield SeededUpstream(server, _collect_ids(responses), by_patient)
     finally:
         server.stop()
 
@@ -212,3 +219,48 @@ def upstream_traffic(
         {"method": m, "url": u, "headers": {k.lower(): v for k, v in orjson.loads(h or "{}").items()}}
         for m, u, h in rows
     ]
+
+
+@dataclass
+class SmartSetup:
+    """A proxy that requires SMART tokens (dev issuer), and a way to mint them."""
+
+    proxy: RunningProxy
+    issuer: DevIssuer
+    patient_a: str
+    patient_b: str
+
+    def token(self, scope: str, patient: str | None = None, **claims: Any) -> str:
+        payload: dict[str, Any] = {"sub": "test-user", "client_id": "test-app", "scope": scope, **claims}
+        if patient is not None:
+            payload["patient"] = patient
+        return self.issuer.mint(payload, audience=self.proxy.base_url)
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return self.proxy.client(headers=headers)
+
+    def patient_client(self, patient: str | None = None, scope: str = "patient/*.cruds") -> httpx.Client:
+        return self.client(self.token(scope, patient or self.patient_a))
+
+
+@pytest.fixture(scope="session")
+def smart(upstream: SeededUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartSetup]:
+    """The shared upstream behind a proxy enforcing SMART scopes, with tokens from a dev issuer."""
+    key_file = tmp_path_factory.mktemp("dev-issuer") / "key.pem"
+    port = free_port()
+    issuer_url = f"http://127.0.0.1:{port}/_dev"
+    settings = make_settings(
+        upstream.base_url,
+        **{
+            "server.port": port,
+            "auth.dev_issuer.enabled": True,
+            "auth.dev_issuer.key_file": str(key_file),
+            "auth.dev_issuer.issuer": issuer_url,
+        },
+    )
+    running = RunningProxy(settings).start()
+    issuer = DevIssuer(load_or_create_key(key_file), issuer_url)
+    patient_a, patient_b = list(upstream.by_patient)[-2:]  # the two with MedicationRequests
+    yield SmartSetup(running, issuer, patient_a, patient_b)
+    running.stop()

@@ -44,6 +44,7 @@ class Interaction(StrEnum):
     BATCH = "batch"
     TRANSACTION = "transaction"
     OPERATION = "operation"
+    PAGE = "page"  # a proxy-sealed paging link (``[base]/_page?token=...``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ def _classify_segments(method: str, segments: list[str], params: tuple[tuple[str
     if len(segments) == 0:
         return _system(method, params)
     first = segments[0]
-    if first in ("metadata", "_history", "_search") or first.startswith("$"):
+    if first in ("metadata", "_history", "_search", "_page") or first.startswith("$"):
         return _system_named(method, segments, params)
     resource_type = _resource_type(first)
     if len(segments) == 1:
@@ -183,6 +184,9 @@ def _system_named(method: str, segments: list[str], params: tuple[tuple[str, str
     if name == "_search":
         _allow(method, ("POST",))
         return FhirRequest(Interaction.SEARCH_SYSTEM, method, params=params)
+    if name == "_page":
+        _allow(method, ("GET",))
+        return FhirRequest(Interaction.PAGE, method, params=params)
     _allow(method, ("GET", "POST"))
     return FhirRequest(Interaction.OPERATION, method, operation=_operation(name), params=params)
 

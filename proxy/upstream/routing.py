@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from proxy.errors import NotSupportedError
+from proxy.errors import NotFoundError, NotSupportedError
 from proxy.settings import UpstreamSettings
 from proxy.upstream.client import Upstream
 
@@ -24,6 +24,13 @@ class UpstreamRouter:
         if resource_type is None:
             return self.default
         return self._by_type.get(resource_type, self.default)
+
+    def by_name(self, name: str) -> Upstream:
+        """The upstream called ``name`` (paging links name theirs)."""
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise NotFoundError("the upstream of this paging link is no longer configured")
 
     def for_types(self, resource_types: Iterable[str | None]) -> Upstream:
         """The single upstream serving all of ``resource_types`` (a batch or transaction)."""

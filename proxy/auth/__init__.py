@@ -1,0 +1,3 @@
+"""Authentication and SMART authorization: tokens, principals, scopes."""
+
+__all__: list[str] = []

@@ -1,0 +1,123 @@
+"""The FHIR R4 Patient compartment: which patients a resource belongs to (pure; no I/O at request time).
+
+The rules come from ``data/r4-patient-compartment.json``, distilled from the R4 (4.0.1) Patient
+CompartmentDefinition by ``data/build_tables.py`` and loaded once at import. A resource is in the compartment
+of patient ``P`` when one of the parameters the definition lists for its type holds a reference to
+``Patient/P``; a Patient is also in its own compartment and, through ``link``, in those of the patients it
+links to. Types the definition lists with no parameters are never in the compartment.
+
+References count only when their type is ``Patient``: relative (``Patient/123``), absolute
+(``https://any/base/Patient/123``) or version-specific (``Patient/123/_history/2``). Contained (``#x``),
+``urn:`` (``urn:uuid:...``) and logical (identifier-only) references never count, and ids are compared
+exactly (``Patient/12`` is not ``Patient/123``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import orjson
+
+from proxy.fhir.resource_types import is_valid_id
+from proxy.fhir.search_params import ALL_TARGETS, ANY_TARGET, values_at
+
+__all__ = [
+    "PATIENT_COMPARTMENT_TYPES",
+    "compartment_params",
+    "compartment_search_params",
+    "in_patient_compartment",
+    "patient_id_of_reference",
+    "patient_references",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _CompartmentParam:
+    name: str
+    paths: tuple[str, ...]
+    targets: tuple[str, ...]
+
+    @property
+    def can_hold_patient(self) -> bool:
+        """True when the parameter can point to a Patient (and its paths are known)."""
+        return "Patient" in self.targets and bool(self.paths)
+
+
+def _param(raw: Mapping[str, Any]) -> _CompartmentParam:
+    targets = tuple(raw.get("targets", ()))
+    paths = () if raw.get("complex") else tuple(raw["paths"])
+    return _CompartmentParam(str(raw["param"]), paths, ALL_TARGETS if targets == (ANY_TARGET,) else targets)
+
+
+def _load() -> dict[str, tuple[_CompartmentParam, ...]]:
+    raw = orjson.loads((files("proxy.fhir") / "data" / "r4-patient-compartment.json").read_bytes())
+    return {resource_type: tuple(_param(item) for item in params) for resource_type, params in raw.items()}
+
+
+_COMPARTMENT = _load()
+_PATIENT_PARAMS = {
+    resource_type: tuple(param for param in params if param.can_hold_patient)
+    for resource_type, params in _COMPARTMENT.items()
+}
+
+PATIENT_COMPARTMENT_TYPES: frozenset[str] = frozenset(name for name, params in _COMPARTMENT.items() if params)
+"""The resource types that can be in a Patient compartment (the definition lists parameters for them)."""
+
+
+def compartment_params(resource_type: str) -> tuple[str, ...]:
+    """The parameter names the Patient CompartmentDefinition lists for ``resource_type`` (empty: never in)."""
+    return tuple(param.name for param in _COMPARTMENT.get(resource_type, ()))
+
+
+def compartment_search_params(resource_type: str) -> tuple[str, ...]:
+    """The compartment parameters usable as ``param=Patient/{id}`` to narrow a search to one patient.
+
+    In the definition's order (``Observation`` -> ``("subject", "performer")``). Each one alone selects a
+    subset of the compartment; a proxy narrowing a search adds the first (usually ``patient`` or
+    ``subject``) and still checks every returned resource with :func:`in_patient_compartment`.
+    """
+    return tuple(param.name for param in _PATIENT_PARAMS.get(resource_type, ()))
+
+
+def patient_id_of_reference(reference: str) -> str | None:
+    """The id of the Patient that a ``Reference.reference`` string points to, or None if it is not one."""
+    if reference.startswith(("#", "urn:")) or any(char in reference for char in "?# \t\r\n"):
+        return None
+    segments = reference.split("/")
+    if len(segments) >= 4 and segments[-2] == "_history":
+        segments = segments[:-2]
+    if "://" not in reference and len(segments) != 2:
+        return None
+    if len(segments) < 2 or segments[-2] != "Patient" or not is_valid_id(segments[-1]):
+        return None
+    return segments[-1]
+
+
+def _referenced_patients(resource: Mapping[str, Any], params: tuple[_CompartmentParam, ...]) -> set[str]:
+    found: set[str] = set()
+    for param in params:
+        for value in values_at(resource, param.paths):
+            reference = value.get("reference") if isinstance(value, dict) else None
+            if isinstance(reference, str) and (patient_id := patient_id_of_reference(reference)) is not None:
+                found.add(patient_id)
+    return found
+
+
+def patient_references(resource: Mapping[str, Any]) -> set[str]:
+    """The ids of the patients whose compartment ``resource`` (parsed JSON) is in."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        return set()
+    found = _referenced_patients(resource, _PATIENT_PARAMS.get(resource_type, ()))
+    own_id = resource.get("id")
+    if resource_type == "Patient" and isinstance(own_id, str) and is_valid_id(own_id):
+        found.add(own_id)
+    return found
+
+
+def in_patient_compartment(resource: Mapping[str, Any], patient_id: str) -> bool:
+    """True when ``resource`` is in the compartment of the patient with id ``patient_id`` (exact match)."""
+    return patient_id in patient_references(resource)
