@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from proxy.auth.dev_issuer import PERSONAS
 from proxy.errors import MethodNotAllowedError, NotFoundError, ProxyError
 from proxy.health import healthz, readyz
 from proxy.middleware import RequestContextMiddleware
@@ -50,7 +51,10 @@ def create_app(settings: Settings) -> Starlette:
         Mount(settings.server.base_path, app=endpoint),
     ]
     if state.dev_issuer is not None:
-        routes.append(Route("/_dev/jwks.json", _dev_jwks, methods=["GET"]))
+        routes += [
+            Route("/_dev/jwks.json", _dev_jwks, methods=["GET"]),
+            Route("/_dev/token", _dev_token, methods=["POST"]),
+        ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware, access_log=settings.server.access_log)],
@@ -64,6 +68,27 @@ def create_app(settings: Settings) -> Starlette:
 async def _dev_jwks(request: Request) -> Response:
     issuer = request.app.state.proxy.dev_issuer
     return Response(orjson.dumps(issuer.jwks()), media_type="application/json")
+
+
+async def _dev_token(request: Request) -> Response:
+    """Development-only token endpoint: ``client_credentials`` for a demo persona's client_id."""
+    state = request.app.state.proxy
+    form = await request.form()
+    persona = next((p for p in PERSONAS.values() if p.client_id == form.get("client_id")), None)
+    if form.get("grant_type") != "client_credentials" or persona is None:
+        error = {"error": "invalid_client", "error_description": f"dev clients: {sorted(PERSONAS)}"}
+        return Response(orjson.dumps(error), status_code=400, media_type="application/json")
+    patient = str(form.get("patient") or "") or None
+    if persona.patient_context and patient is None:
+        error = {"error": "invalid_request", "error_description": "this dev client needs a patient field"}
+        return Response(orjson.dumps(error), status_code=400, media_type="application/json")
+    server = state.settings.server
+    audience = server.public_base_url or str(request.base_url).rstrip("/") + server.base_path
+    token = state.dev_issuer.mint_persona(persona, audience=audience, patient=patient, lifetime=3600)
+    body = {"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": persona.scope}
+    if patient:
+        body["patient"] = patient
+    return Response(orjson.dumps(body), media_type="application/json", headers={"cache-control": "no-store"})
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

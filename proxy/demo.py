@@ -1,14 +1,19 @@
-"""``fhirwall demo``: an embedded upstream with synthetic patients behind the proxy, and requests to paste."""
+"""``fhirwall demo``: an embedded upstream with synthetic patients behind the proxy, a development token
+issuer, one token per persona, and requests to paste — one each persona may make and one it may not."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.embedded_upstream import EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
 from proxy.serve import run_server
 from proxy.settings import load_settings
@@ -16,27 +21,42 @@ from proxy.settings import load_settings
 __all__ = ["run_demo"]
 
 MAX_DEMO_PATIENTS = 6
+DEMO_KEY_FILE = Path(".fhirwall-dev/issuer-key.pem")
+TOKEN_LIFETIME_SECONDS = 8 * 3600
+
+
+@dataclass(frozen=True)
+class DemoIds:
+    """Ids the printed requests use."""
+
+    patient: str
+    other_patient: str
+    observation: str
+    practitioner: str
 
 
 def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
     """Start everything, print how to use it, serve until Ctrl-C."""
-    bundles = synthea_bundles(EXAMPLE_DATA, min(max(patients, 1), MAX_DEMO_PATIENTS))
-    if len(bundles) < 3:
+    bundles = synthea_bundles(EXAMPLE_DATA, min(max(patients, 2), MAX_DEMO_PATIENTS))
+    if len(bundles) < 4:
         print(f"demo data not found in {EXAMPLE_DATA} (run the demo from a source checkout)", file=sys.stderr)
         return 1
     print(f"starting the embedded upstream FHIR server on 127.0.0.1:{upstream_port} ...", flush=True)
     with EmbeddedUpstream(upstream_port) as upstream:
         print(f"loading {len(bundles) - 2} synthetic patients (Synthea, no real people) ...", flush=True)
-        responses = upstream.seed(bundles)
+        ids = _demo_ids(upstream.seed(bundles))
+        issuer_url = f"http://127.0.0.1:{proxy_port}/_dev"
         settings = load_settings(
             None,
             overrides={
                 "server.port": proxy_port,
                 "server.log_level": "warning",
                 "upstreams": [{"name": "default", "url": upstream.base_url}],
+                "auth.dev_issuer": {"enabled": True, "key_file": str(DEMO_KEY_FILE), "issuer": issuer_url},
             },
         )
-        text = banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, _sample_ids(responses))
+        issuer = DevIssuer(load_or_create_key(DEMO_KEY_FILE), issuer_url)
+        text = banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, ids, issuer)
         threading.Thread(target=_print_when_ready, args=(proxy_port, text), daemon=True).start()
         run_server(settings)
     return 0
@@ -55,41 +75,91 @@ def _print_when_ready(port: int, text: str) -> None:
     print("the proxy did not start; see the log above", file=sys.stderr, flush=True)
 
 
-def _sample_ids(responses: list[dict[str, Any]]) -> dict[str, str]:
-    ids: dict[str, str] = {}
+def _demo_ids(responses: list[dict[str, Any]]) -> DemoIds:
+    found: dict[str, list[str]] = {}
     for bundle in responses:
         for entry in bundle.get("entry", []):
             resource = entry.get("resource") or {}
-            resource_type = resource.get("resourceType")
-            if resource_type in ("Patient", "Observation") and resource_type not in ids:
-                ids[resource_type] = resource["id"]
-    return ids
+            found.setdefault(resource.get("resourceType", ""), []).append(resource.get("id", ""))
+    patients = found["Patient"]
+    return DemoIds(patients[0], patients[1], found["Observation"][0], found["Practitioner"][0])
 
 
-def banner(proxy_base: str, upstream_base: str, ids: dict[str, str]) -> str:
+def _request(method: str, url: str, token_var: str | None, expect: str, data: str | None = None) -> list[str]:
+    parts = ["curl -s -w '\\n-> HTTP %{http_code}\\n'"]
+    if method != "GET":
+        parts.append(f"-X {method}")
+    if token_var:
+        parts.append(f'-H "Authorization: Bearer ${token_var}"')
+    if data:
+        parts += ["-H 'Content-Type: application/fhir+json'", f"-d {shlex.quote(data)}"]
+    parts.append(shlex.quote(url))
+    return [f"  # {expect}", "  " + " ".join(parts)]
+
+
+def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer) -> str:
     """The text printed once everything runs."""
-    patient = ids.get("Patient", "<patient-id>")
-    observation = ids.get("Observation", "<observation-id>")
+    tokens = {
+        name: issuer.mint_persona(
+            persona,
+            audience=base,
+            patient=ids.patient,
+            practitioner=ids.practitioner,
+            lifetime=TOKEN_LIFETIME_SECONDS,
+        )
+        for name, persona in PERSONAS.items()
+    }
+    variable = {name: name.upper().replace("-", "_") + "_TOKEN" for name in PERSONAS}
     lines = [
         "",
-        "fhirwall demo is running (development only: synthetic data, no authentication yet)",
-        f"  FHIR base (proxy):   {proxy_base}",
+        "fhirwall demo is running (DEVELOPMENT ONLY: synthetic data, a local dev token issuer)",
+        f"  FHIR base (proxy):   {base}",
         f"  upstream (direct):   {upstream_base}",
-        f"  health:              {proxy_base.rsplit('/fhir', 1)[0]}/readyz",
+        f"  SMART discovery:     {base}/.well-known/smart-configuration",
+        f"  health:              {base.rsplit('/fhir', 1)[0]}/readyz",
         "",
-        "Try:",
-        f"  curl -s {proxy_base}/metadata | head -c 400",
-        f"  curl -s {proxy_base}/Patient/{patient}",
-        f"  curl -s '{proxy_base}/Observation?patient={patient}&_count=5'",
-        f"  curl -s {proxy_base}/Observation/{observation}/_history",
-        f"  curl -s '{proxy_base}/Patient/{patient}/$everything?_count=10'",
-        "Refused by design (each answers with an OperationOutcome):",
-        "  # 406, JSON only:",
-        f"  curl -si -H 'Accept: application/fhir+xml' {proxy_base}/Patient/{patient}",
-        "  # 400, resource types are case-sensitive:",
-        f"  curl -si {proxy_base}/patient/{patient}",
-        "  # 400, method override headers are refused:",
-        f"  curl -si -X POST -H 'X-HTTP-Method-Override: DELETE' {proxy_base}/Patient",
+        "Tokens (valid 8 hours; paste these lines into your shell):",
+        *(f"  export {variable[name]}={token}" for name, token in tokens.items()),
+        "",
+        "Each persona, one request it may make (200) and one it may not:",
+    ]
+    examples = {
+        "patient-app": (
+            ("GET", f"{base}/Observation?_count=5", "200: the patient's own observations"),
+            ("GET", f"{base}/Patient/{ids.other_patient}", "404: another patient does not exist for it"),
+        ),
+        "clinician": (
+            ("GET", f"{base}/Patient?_count=3", "200: user/*.cruds sees every patient"),
+            ("POST", f"{base}/Consent", "403: Consent is writable only by consent managers"),
+        ),
+        "lab-app": (
+            ("GET", f"{base}/Observation?_count=5", "200: laboratory observations only"),
+            ("GET", f"{base}/Condition", "403: no scope on Condition (insufficient_scope)"),
+        ),
+        "backend": (
+            ("GET", f"{base}/Patient?_count=3", "200: system/*.rs reads everything"),
+            ("POST", f"{base}/Patient", "403: system/*.rs cannot create"),
+        ),
+    }
+    bodies = {"POST": '{"resourceType":"Patient"}'}
+    for name, persona in PERSONAS.items():
+        lines.append(f"  [{name}] {persona.description}")
+        for method, url, expect in examples[name]:
+            body = bodies["POST"] if method == "POST" and url.endswith("/Patient") else None
+            if url.endswith("/Consent"):
+                body = (
+                    '{"resourceType":"Consent","status":"active","scope":{"text":"x"},'
+                    f'"category":[{{"text":"x"}}],"patient":{{"reference":"Patient/{ids.patient}"}}}}'
+                )
+            lines += _request(method, url, variable[name], expect, body)
+    lines += [
+        "  [no token]",
+        *_request("GET", f"{base}/Patient/{ids.patient}", None, "401: a bearer token is required"),
+        "",
+        'Try also: curl -s -H "Authorization: Bearer $PATIENT_APP_TOKEN" '
+        f"'{base}/Patient/{ids.patient}/$everything?_count=10'   (paging links are sealed to the token)",
+        "Mint more tokens: fhirwall token --persona patient-app --patient <id> --issuer "
+        f"{issuer.issuer} --audience {base}",
         "",
         "Press Ctrl-C to stop.",
     ]

@@ -64,6 +64,9 @@ class SmartDiscovery:
         if self._dev_issuer is not None and "issuer" not in document:
             document["issuer"] = self._dev_issuer
             document["jwks_uri"] = f"{self._dev_issuer}/jwks.json"
+            document["token_endpoint"] = f"{self._dev_issuer}/token"
+            document["grant_types_supported"] = ["client_credentials"]
+            document["token_endpoint_auth_methods_supported"] = ["none"]
         for key in ("authorization_endpoint", "token_endpoint"):
             override = getattr(server, key)
             if override:
