@@ -8,21 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jsonpatch
 import orjson
 
 from proxy.errors import ForbiddenError, InvalidRequestError, NotFoundError
+from proxy.fhir.compartment import PATIENT_COMPARTMENT_TYPES
 from proxy.fhir.documents import ResourceHead
 from proxy.fhir.request import FhirRequest, Interaction
 from proxy.fhir.urls import rebase_url
 from proxy.policy.access import READ_PERMISSIONS, AccessView
 from proxy.policy.decision import AccessDecision, ResponseCheck
+from proxy.policy.fast_bundle import fast_patient_searchset
 from proxy.policy.filtering import filter_bundle
 from proxy.policy.paging import PageLocation, PageSealer
 
-__all__ = ["LinkContext", "check_patch_result", "checked_body", "narrowed_query"]
+__all__ = ["LinkContext", "check_patch_result", "checked_body", "fast_checked_body", "narrowed_query"]
 
 _READS = frozenset({Interaction.READ, Interaction.VREAD, Interaction.OPERATION})
 
@@ -73,20 +75,46 @@ class LinkContext:
         self._exact = total_is_exact
 
     def seal(self, links: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each link under the upstream base, sealed; links elsewhere are dropped (never followed blindly)."""
-        sealed = []
+        """Links under the upstream base, sealed (one token for all); others are dropped, never followed."""
+        paths: dict[str, str] = {}
+        kept: list[dict[str, Any]] = []
         for link in links:
             url = link.get("url") if isinstance(link, dict) else None
-            if not isinstance(url, str):
+            relation = link.get("relation") if isinstance(link, dict) else None
+            if not isinstance(url, str) or not isinstance(relation, str) or relation in paths:
                 continue
             relative = rebase_url(url, [self._upstream_base], "")
-            if relative == url:
-                continue
-            location = PageLocation(
-                self._upstream_name, relative, self._resource_type, self._binding, self._exact
-            )
-            sealed.append({**link, "url": f"{self._public_base}/_page?token={self._sealer.seal(location)}"})
-        return sealed
+            if relative != url:
+                paths[relation] = relative
+                kept.append(link)
+        if not paths:
+            return []
+        location = PageLocation(self._upstream_name, paths, self._resource_type, self._binding, self._exact)
+        prefix = f"{self._public_base}/_page?token={self._sealer.seal(location)}&rel="
+        return [{**link, "url": prefix + quote(link["relation"], safe="")} for link in kept]
+
+
+_SEARCHES = frozenset({Interaction.SEARCH_TYPE, Interaction.SEARCH_COMPARTMENT, Interaction.PAGE})
+
+
+def fast_checked_body(
+    view: AccessView, request: FhirRequest, decision: AccessDecision, body: bytes, links: LinkContext | None
+) -> bytes | None:
+    """The body of a patient-context searchset of one compartment type when every entry provably names the
+    token's patient (see ``proxy.policy.fast_bundle``); None when the general path must decide."""
+    resource_type = request.resource_type
+    patient = view.principal.patient
+    if (
+        decision.response is not ResponseCheck.BUNDLE
+        or request.interaction not in _SEARCHES
+        or resource_type not in PATIENT_COMPARTMENT_TYPES
+        or patient is None
+        or view.uses_criteria()
+        or not any(view.allows_type(resource_type, permission) for permission in READ_PERMISSIONS)
+    ):
+        return None
+    seal = links.seal if links else None
+    return fast_patient_searchset(body, resource_type, patient, seal, total_allowed=decision.total_is_exact)
 
 
 def checked_body(
@@ -101,7 +129,10 @@ def checked_body(
     if head.resourceType == "Bundle" and decision.response is not ResponseCheck.NONE:
         seal: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = links.seal if links else None
         visible = None if view.sees_everything() else view.can_see
-        return filter_bundle(body, visible, keep_total=decision.total_is_exact, seal_links=seal).body
+        slim = not view.uses_criteria()
+        return filter_bundle(
+            body, visible, keep_total=decision.total_is_exact, seal_links=seal, slim=slim
+        ).body
     if decision.response is ResponseCheck.NONE or head.resourceType == "OperationOutcome":
         return body
     resource = orjson.loads(body)

@@ -24,7 +24,7 @@ from proxy.authorization import authorize
 from proxy.body import RawBodyStream, check_declared_length, parse_json_object, read_body
 from proxy.call import ProxyCall
 from proxy.capabilities import proxy_capabilities, resource_entries
-from proxy.enforcement import LinkContext, checked_body
+from proxy.enforcement import LinkContext, checked_body, fast_checked_body
 from proxy.errors import (
     InvalidPathError,
     InvalidRequestError,
@@ -263,11 +263,18 @@ class FhirEndpoint:
         headers = self._response_headers(call, answer.headers)
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
-        head = _check_upstream_json(answer)
         body = answer.body
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
             links = self._link_context(call, upstream, call.view, call.decision)
-            body = checked_body(call.view, call.request, call.decision, head, body, links)
+            fast = None
+            if media_type(answer.content_type) in FHIR_JSON_TYPES:
+                fast = fast_checked_body(call.view, call.request, call.decision, body, links)
+            if fast is None:
+                head = _check_upstream_json(answer)
+                fast = checked_body(call.view, call.request, call.decision, head, body, links)
+            body = fast
+        else:
+            _check_upstream_json(answer)
         return fhir_response(answer.status, self.rewriter.to_public(body, call.public_base), headers)
 
     def _link_context(
@@ -288,9 +295,12 @@ class FhirEndpoint:
         if call.view is None:
             raise NotFoundError()
         token = next(iter(call.request.param_values("token")), "")
+        relation = next(iter(call.request.param_values("rel")), "")
         location = self.sealer.open(token, call.view.principal.binding)
+        if relation not in location.paths:
+            raise InvalidRequestError("the paging link names no page of this result")
         upstream = self.router.by_name(location.upstream)
-        call.relative_path, _, call.query = location.path_and_query.partition("?")
+        call.relative_path, _, call.query = location.paths[relation].partition("?")
         call.request = replace(call.request, resource_type=location.resource_type)
         call.decision = AccessDecision(response=ResponseCheck.BUNDLE, total_is_exact=location.total_is_exact)
         return await self._forward_json(call, upstream)

@@ -27,6 +27,7 @@ from proxy.fhir.search_params import ALL_TARGETS, ANY_TARGET, values_at
 __all__ = [
     "PATIENT_COMPARTMENT_TYPES",
     "compartment_params",
+    "compartment_root_elements",
     "compartment_search_params",
     "in_patient_compartment",
     "patient_id_of_reference",
@@ -63,8 +64,35 @@ _PATIENT_PARAMS = {
     for resource_type, params in _COMPARTMENT.items()
 }
 
+
+def _paths_by_type() -> dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]]:
+    """Per type, each compartment path as (top-level element, None when the path is just that element,
+    else the full path for the generic walk) — plain top-level references are checked without walking."""
+    table: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {}
+    for resource_type, params in _PATIENT_PARAMS.items():
+        entries = []
+        for param in params:
+            for path in param.paths:
+                element = path.split(".", 1)[0].split("[", 1)[0]
+                entries.append((element, None if path == element else (path,)))
+        table[resource_type] = tuple(dict.fromkeys(entries))
+    return table
+
+
+_PATHS_BY_TYPE = _paths_by_type()
+
 PATIENT_COMPARTMENT_TYPES: frozenset[str] = frozenset(name for name, params in _COMPARTMENT.items() if params)
 """The resource types that can be in a Patient compartment (the definition lists parameters for them)."""
+
+
+def compartment_root_elements(resource_type: str | None = None) -> tuple[str, ...]:
+    """The top-level elements the compartment parameter paths start from (``subject``, ...), for one type
+    or (``None``) for every type."""
+    params = _PATIENT_PARAMS.values() if resource_type is None else [_PATIENT_PARAMS.get(resource_type, ())]
+    roots = {
+        path.split(".", 1)[0].split("[", 1)[0] for group in params for param in group for path in param.paths
+    }
+    return tuple(sorted(roots))
 
 
 def compartment_params(resource_type: str) -> tuple[str, ...]:
@@ -119,5 +147,25 @@ def patient_references(resource: Mapping[str, Any]) -> set[str]:
 
 
 def in_patient_compartment(resource: Mapping[str, Any], patient_id: str) -> bool:
-    """True when ``resource`` is in the compartment of the patient with id ``patient_id`` (exact match)."""
-    return patient_id in patient_references(resource)
+    """True when ``resource`` is in the compartment of the patient with id ``patient_id`` (exact match).
+
+    Stops at the first reference to that patient (the hot path of response filtering)."""
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient" and resource.get("id") == patient_id and is_valid_id(patient_id):
+        return True
+    relative = "Patient/" + patient_id
+    paths = _PATHS_BY_TYPE.get(resource_type, ()) if isinstance(resource_type, str) else ()
+    for element, nested in paths:
+        node = resource.get(element)
+        if node is None:
+            continue
+        values = (
+            (node if isinstance(node, list) else (node,)) if nested is None else values_at(resource, nested)
+        )
+        for value in values:
+            reference = value.get("reference") if isinstance(value, dict) else None
+            if not isinstance(reference, str) or patient_id not in reference:
+                continue
+            if reference == relative or patient_id_of_reference(reference) == patient_id:
+                return True
+    return False

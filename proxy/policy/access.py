@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy.auth.principal import Principal
 from proxy.auth.scopes import ResourceScope
-from proxy.fhir.compartment import PATIENT_COMPARTMENT_TYPES, patient_references
+from proxy.fhir.compartment import PATIENT_COMPARTMENT_TYPES, in_patient_compartment, patient_references
 from proxy.fhir.matching import UnsupportedCriterionError, matches
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 from proxy.settings import PolicySettings
@@ -30,6 +30,11 @@ class AccessView:
         self.principal = principal
         self.scopes = principal.scopes
         self.settings = settings
+        self._grant_cache: dict[tuple[str, str], tuple[ResourceScope, ...]] = {}
+
+    def uses_criteria(self) -> bool:
+        """True when some scope is granular (its checks read more than the compartment elements)."""
+        return any(scope.criteria for scope in self.scopes.resource_scopes)
 
     def allows_type(self, resource_type: str, permission: str) -> bool:
         """Does any scope grant ``permission`` on the type at all (before looking at resources)?"""
@@ -43,9 +48,13 @@ class AccessView:
         )
 
     def _grants(self, resource_type: str, permission: str) -> tuple[ResourceScope, ...]:
-        if resource_type != "*" and resource_type not in R4_RESOURCE_TYPES:
-            return ()  # an unknown type is granted by nothing
-        return self.scopes.grants(resource_type, permission)
+        key = (resource_type, permission)
+        cached = self._grant_cache.get(key)
+        if cached is None:
+            known = resource_type == "*" or resource_type in R4_RESOURCE_TYPES  # unknown types: no grants
+            cached = self.scopes.grants(resource_type, permission) if known else ()
+            self._grant_cache[key] = cached
+        return cached
 
     def sees_everything(self) -> bool:
         """True when a user/system scope grants read and search on every type without criteria."""
@@ -56,11 +65,11 @@ class AccessView:
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str) or resource_type not in R4_RESOURCE_TYPES:
             return False
-        return any(
-            self._accepts(scope, resource_type, resource, write=False)
-            for permission in permissions
-            for scope in self.scopes.grants(resource_type, permission)
-        )
+        for permission in permissions:
+            for scope in self._grants(resource_type, permission):
+                if self._accepts(scope, resource_type, resource, write=False):
+                    return True
+        return False
 
     def can_write(self, resource: Mapping[str, Any], permission: str) -> bool:
         """May the principal store this resource (as it would be stored) with ``permission`` (c/u/d)?"""
@@ -71,7 +80,7 @@ class AccessView:
             return False
         return any(
             self._accepts(scope, resource_type, resource, write=True)
-            for scope in self.scopes.grants(resource_type, permission)
+            for scope in self._grants(resource_type, permission)
         )
 
     def may_write_type(self, resource_type: str) -> bool:
@@ -97,6 +106,7 @@ class AccessView:
         if patient is None:
             return False
         if resource_type in PATIENT_COMPARTMENT_TYPES:
-            references = patient_references(dict(resource))
-            return references == {patient} if write else patient in references
+            if write:
+                return patient_references(resource) == {patient}
+            return in_patient_compartment(resource, patient)
         return not write and self.settings.noncompartment_types_for_patient_scopes

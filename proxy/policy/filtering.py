@@ -1,8 +1,9 @@
 """Response checks: every resource in every (nested) Bundle re-checked against the principal's access.
 
 Bundles are taken apart with ``msgspec.Raw``: each member and entry keeps the exact bytes the upstream sent,
-only the resources are parsed (for the decision), and the Bundle is re-assembled from the kept raw entries
-— so what passes is byte-for-byte what the server said (FHIR decimals keep their precision).
+only what the decision needs is parsed, and the Bundle is re-assembled from the kept raw entries — so what
+passes is byte-for-byte what the server said (FHIR decimals keep their precision). When the checks only read
+compartment elements (no granular scope), entries are decoded slim (see ``proxy.fhir.slim``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from proxy.fhir.slim import decode_slim_entries, slim_mapping
+
 __all__ = ["FilterResult", "filter_bundle"]
 
 _RAW_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -22,6 +25,7 @@ _ENCODER = msgspec.json.Encoder()
 
 Visible = Callable[[dict[str, Any]], bool]
 LinkSealer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+Verdicts = tuple[list[msgspec.Raw] | None, int]
 _RESPONSE_BUNDLES = frozenset({"batch-response", "transaction-response"})
 
 
@@ -34,15 +38,18 @@ class FilterResult:
 
 
 def filter_bundle(
-    body: bytes, visible: Visible | None, *, keep_total: bool, seal_links: LinkSealer | None
+    body: bytes,
+    visible: Visible | None,
+    *,
+    keep_total: bool,
+    seal_links: LinkSealer | None,
+    slim: bool = False,
 ) -> FilterResult:
-    """Drop entries whose resource is not visible (``visible=None``: keep all); fix or remove ``total``;
-    seal paging links."""
+    """Drop entries whose resource is not visible (``visible=None``: keep all), fix or remove ``total``,
+    seal paging links. ``slim``: ``visible`` reads only compartment elements, so entries are decoded slim."""
     members = _RAW_OBJECT.decode(body)
     bundle_type = orjson.loads(memoryview(members["type"])) if "type" in members else None
-    kept, dropped = (
-        (None, 0) if visible is None else _filter_entries(members.get("entry"), visible, bundle_type)
-    )
+    kept, dropped = _filter(members.get("entry"), visible, bundle_type, slim=slim)
     changed = dropped > 0 or kept is not None
     if kept is not None:
         members["entry"] = msgspec.Raw(_ENCODER.encode(kept))
@@ -55,17 +62,38 @@ def filter_bundle(
     return FilterResult(_ENCODER.encode(members) if changed else body, dropped)
 
 
-def _filter_entries(
-    raw: msgspec.Raw | None, visible: Visible, bundle_type: str | None
-) -> tuple[list[msgspec.Raw] | None, int]:
-    """The kept entries (None when every entry was kept unchanged) and the number dropped."""
-    if raw is None:
+def _filter(
+    raw: msgspec.Raw | None, visible: Visible | None, bundle_type: str | None, *, slim: bool
+) -> Verdicts:
+    """The kept raw entries (None when all were kept unchanged) and how many were dropped."""
+    if raw is None or visible is None:
         return None, 0
-    entries = _RAW_LIST.decode(raw)
+    if slim:
+        return _filter_slim(raw, visible, bundle_type)
+    return _filter_full(raw, visible, bundle_type)
+
+
+def _filter_slim(raw: msgspec.Raw, visible: Visible, bundle_type: str | None) -> Verdicts:
+    verdicts: list[bool] = []
+    for entry in decode_slim_entries(memoryview(raw)):
+        resource = entry.resource
+        if resource is not None and resource.resourceType == "Bundle":
+            return _filter_full(raw, visible, bundle_type)  # nested Bundles take the full path
+        if resource is None:
+            verdicts.append(bundle_type in _RESPONSE_BUNDLES)
+        else:
+            verdicts.append(resource.resourceType == "OperationOutcome" or visible(slim_mapping(resource)))
+    if all(verdicts):
+        return None, 0
+    kept = [entry for entry, ok in zip(_RAW_LIST.decode(raw), verdicts, strict=True) if ok]
+    return kept, len(verdicts) - len(kept)
+
+
+def _filter_full(raw: msgspec.Raw, visible: Visible, bundle_type: str | None) -> Verdicts:
     kept: list[msgspec.Raw] = []
     dropped = 0
     modified = False
-    for raw_entry in entries:
+    for raw_entry in _RAW_LIST.decode(raw):
         entry, removed, changed = _check_entry(raw_entry, visible, bundle_type)
         dropped += removed
         modified = modified or changed

@@ -1,10 +1,10 @@
 """Paging links sealed to the principal they were issued to.
 
 Upstream paging links (``next``, ``prev``, ...) carry upstream-internal state (offsets, cursors, the
-narrowed query). The proxy hands out ``<public base>/_page?token=...`` instead, where the token is the
-upstream location plus the principal's binding and an expiry, encrypted and authenticated with AES-GCM. A
-link replayed with another principal's token, edited, or expired is refused; its content is re-checked like
-any search result.
+narrowed query). The proxy hands out ``<public base>/_page?token=...&rel=next`` instead: one token per Bundle
+holds the upstream locations of all its links plus the principal's binding and an expiry, encrypted and
+authenticated with AES-GCM (one seal per response, not per link). A link replayed with another principal's
+token, edited, or expired is refused; its content is re-checked like any search result.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ PAGE_LIFETIME_SECONDS = 3600
 
 @dataclass(frozen=True, slots=True)
 class PageLocation:
-    """Where a page lives upstream and who may follow it."""
+    """Where the pages of one Bundle live upstream (by link relation) and who may follow them."""
 
     upstream: str
-    path_and_query: str
+    paths: dict[str, str]
     resource_type: str | None
     binding: str
     total_is_exact: bool
@@ -50,7 +50,7 @@ class PageSealer:
         payload = orjson.dumps(
             [
                 location.upstream,
-                location.path_and_query,
+                location.paths,
                 location.resource_type,
                 location.binding,
                 location.total_is_exact,
@@ -65,14 +65,16 @@ class PageSealer:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             payload = orjson.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
-            upstream, path_and_query, resource_type, bound_to, exact, expires = payload
+            upstream, paths, resource_type, bound_to, exact, expires = payload
+            if not isinstance(paths, dict):
+                raise TypeError("paths")
         except (ValueError, InvalidTag, TypeError) as exc:
             raise InvalidRequestError("the paging link is not valid (edited or from another server)") from exc
         if bound_to != binding:
             raise ForbiddenError("this paging link was issued to another user or app")
         if time.time() > expires:
             raise InvalidRequestError("the paging link has expired: repeat the search")
-        return PageLocation(upstream, path_and_query, resource_type, bound_to, bool(exact))
+        return PageLocation(upstream, paths, resource_type, bound_to, bool(exact))
 
 
 def load_paging_key(env: str | None) -> bytes:

@@ -160,7 +160,7 @@ def _patient_narrowing(
         (name for name in ("patient", "subject") if _targets_patient(resource_type, name)),
         params[0] if params else None,
     )
-    if narrowing is None:
+    if narrowing is None or (narrowing, f"Patient/{patient}") in request.params:
         return ()
     return ((narrowing, f"Patient/{patient}"),)
 

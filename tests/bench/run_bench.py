@@ -58,8 +58,9 @@ WRK_THREADS = 2
 WRK_CONNECTIONS = 8
 SEARCH_COUNT = 50
 BASELINE_ROW = "passthrough"
-GOAL_MIN_RPS_RATIO = 0.60
+GOAL_MIN_RPS_RATIO = 0.60  # fhirwall without policy
 GOAL_MAX_P50_RATIO = 1.5
+GOAL_POLICY_MIN_RPS_RATIO = 0.45  # fhirwall with SMART scopes and compartment checks
 
 Json = seed_data.Json
 
@@ -73,7 +74,7 @@ class Row:
 
     ``command`` is None for a server that is already running (the upstream itself).
     ``headers`` are sent with every benchmark request (e.g. ``Authorization``).
-    ``goals`` marks rows checked against the fhirwall targets.
+    ``min_rps_ratio`` / ``max_p50_ratio`` are the row's targets against the passthrough (None: none).
     """
 
     name: str
@@ -82,7 +83,12 @@ class Row:
     headers: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    goals: bool = False
+    min_rps_ratio: float | None = None
+    max_p50_ratio: float | None = None
+
+    @property
+    def goals(self) -> bool:
+        return self.min_rps_ratio is not None or self.max_p50_ratio is not None
 
 
 @dataclass(frozen=True)
@@ -306,16 +312,48 @@ def bench_requests(patient_id: str) -> list[BenchRequest]:
 # --------------------------------------------------------------------------- rows
 
 
-def build_rows(upstream_base: str, args: argparse.Namespace) -> list[Row]:
+def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) -> list[Row]:
     """Return the servers to benchmark, in table order."""
     rows = [Row("direct", None, upstream_base), passthrough_row(upstream_base)]
     if args.granian:
         rows.append(granian_row(upstream_base))
-    rows.append(fhirwall_row("fhirwall", upstream_base, goals=True))
-    # Extension point: more rows go here, e.g. a policy-on row whose requests carry a token:
-    #   rows.append(fhirwall_row("fhirwall-policy", upstream_base, ["--config", "<policy.yaml>"],
-    #                            headers={"Authorization": "Bearer <token>"}))
+    rows.append(fhirwall_row("fhirwall", upstream_base, goals=(GOAL_MIN_RPS_RATIO, GOAL_MAX_P50_RATIO)))
+    rows.append(policy_row(upstream_base, patient_id))
     return rows
+
+
+def policy_row(upstream_base: str, patient_id: str) -> Row:
+    """fhirwall enforcing SMART scopes: a patient-app token (``patient/*.rs``) for the seeded patient."""
+    from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
+
+    key_file = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "dev-key.pem"
+    row = fhirwall_row(
+        "fhirwall-policy", upstream_base, ["--allow-dev-issuer"], goals=(GOAL_POLICY_MIN_RPS_RATIO, None)
+    )
+    root = row.base_url.removesuffix("/fhir")
+    issuer = DevIssuer(load_or_create_key(key_file), f"{root}/_dev")
+    token = issuer.mint(
+        {
+            "sub": "bench",
+            "client_id": "bench-app",
+            "scope": "launch/patient patient/*.rs",
+            "patient": patient_id,
+        },
+        audience=row.base_url,
+        lifetime=6 * 3600,
+    )
+    env = {
+        "FHIRWALL_AUTH__DEV_ISSUER__KEY_FILE": str(key_file),
+        "FHIRWALL_AUTH__DEV_ISSUER__ISSUER": issuer.issuer,
+    }
+    return Row(
+        row.name,
+        row.command,
+        row.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        env=env,
+        min_rps_ratio=row.min_rps_ratio,
+    )
 
 
 def _split(command_line: str) -> list[str]:
@@ -347,7 +385,7 @@ def fhirwall_row(
     upstream_base: str,
     extra_args: list[str] | None = None,
     headers: dict[str, str] | None = None,
-    goals: bool = False,
+    goals: tuple[float | None, float | None] = (None, None),
 ) -> Row:
     """Serve fhirwall itself; ``extra_args`` are appended to ``fhirwall serve``."""
     port = free_port()
@@ -355,7 +393,14 @@ def fhirwall_row(
         f"serve --upstream {upstream_base} --port {port} --host {HOST} --workers 1 --log-level warning"
     )
     command = [str(VENV_BIN / "fhirwall"), *args, *(extra_args or [])]
-    return Row(name, command, f"http://{HOST}:{port}/fhir", headers=headers or {}, goals=goals)
+    return Row(
+        name,
+        command,
+        f"http://{HOST}:{port}/fhir",
+        headers=headers or {},
+        min_rps_ratio=goals[0],
+        max_p50_ratio=goals[1],
+    )
 
 
 # --------------------------------------------------------------------------- wrk
@@ -462,8 +507,12 @@ def evaluate_goals(rows: list[Row], results: list[Measurement], skipped: dict[st
     goals: list[Json] = []
     for row in (r for r in rows if r.goals):
         for m in (m for m in results if m.row == row.name):
-            goals.append(_goal(m, "throughput vs passthrough", m.rps_ratio, f">= {GOAL_MIN_RPS_RATIO:.2f}"))
-            goals.append(_goal(m, "p50 vs passthrough", m.p50_ratio, f"<= {GOAL_MAX_P50_RATIO:.2f}"))
+            if row.min_rps_ratio is not None:
+                goals.append(
+                    _goal(m, "throughput vs passthrough", m.rps_ratio, f">= {row.min_rps_ratio:.2f}")
+                )
+            if row.max_p50_ratio is not None:
+                goals.append(_goal(m, "p50 vs passthrough", m.p50_ratio, f"<= {row.max_p50_ratio:.2f}"))
         if row.name in skipped:
             goals.append(
                 {
@@ -495,7 +544,10 @@ def _goal(m: Measurement, metric: str, value: float | None, threshold: str) -> J
 
 def print_goals(goals: list[Json]) -> None:
     """Print the targets with PASS/MISS."""
-    print("\nTargets (fhirwall, no policy): throughput >= 60 % of passthrough, p50 <= 1.5x passthrough")
+    print(
+        "\nTargets: fhirwall (no policy) throughput >= 60 % of passthrough and p50 <= 1.5x; "
+        "fhirwall-policy (patient token) throughput >= 45 %"
+    )
     for g in goals:
         if g["request"] == "*":
             print(f"  {g['row']:<22} n/a  (row skipped: {g['reason']})")
@@ -593,7 +645,7 @@ def run(args: argparse.Namespace, procs: Processes) -> Json:
     requests = bench_requests(patient_id)
     check_seed(upstream, requests)
     print(f"upstream {upstream} seeded from {source} (Patient/{patient_id})")
-    rows = build_rows(upstream, args)
+    rows = build_rows(upstream, args, patient_id)
     results: list[Measurement] = []
     skipped: dict[str, str] = {}
     for row in rows:

@@ -1,0 +1,91 @@
+"""The fast path for the commonest restricted response: a patient-context searchset of one type.
+
+One msgspec decode validates the whole Bundle and reads only what the check needs: the Bundle's type and
+``link`` (kept as raw bytes), and for each entry the searched type's compartment references. When every
+entry is of the searched type and names the token's patient in a compartment element, every entry is
+visible; the sealed links are then spliced into the original bytes at the place of the upstream's links, so
+nothing else in the body is rewritten. Any other shape returns None and takes the general path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import orjson
+
+from proxy.fhir.slim import TYPE_ROOTS, Reference, list_of
+
+__all__ = ["fast_patient_searchset"]
+
+_NULL = msgspec.Raw(b"null")
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
+LinkSealer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def _decoder(resource_type: str) -> msgspec.json.Decoder[Any]:
+    fields = [(root, Reference | list[Reference] | None, None) for root in TYPE_ROOTS.get(resource_type, ())]
+    resource = msgspec.defstruct(f"Fast{resource_type}", [("resourceType", str), *fields])
+    entry = msgspec.defstruct(f"Fast{resource_type}Entry", [("resource", resource | None, None)])
+    bundle = msgspec.defstruct(
+        f"Fast{resource_type}Bundle",
+        [
+            ("resourceType", str),
+            ("type", Any, None),
+            ("link", msgspec.Raw, _NULL),
+            ("entry", list_of(entry), []),
+        ],
+    )
+    return msgspec.json.Decoder(bundle)
+
+
+def fast_patient_searchset(
+    body: bytes, resource_type: str, patient_id: str, seal_links: LinkSealer | None, *, total_allowed: bool
+) -> bytes | None:
+    """The body with sealed links if every entry provably belongs to the patient; None when not proven."""
+    decoder = _DECODERS.get(resource_type) or _DECODERS.setdefault(resource_type, _decoder(resource_type))
+    try:
+        bundle = decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if bundle.resourceType != "Bundle" or bundle.type != "searchset":
+        return None
+    if not total_allowed and b'"total"' in body:
+        return None
+    if not _all_name_patient(bundle.entry, resource_type, "Patient/" + patient_id):
+        return None
+    if seal_links is None or bundle.link is _NULL:
+        return body
+    return _splice_links(body, bytes(bundle.link), seal_links)
+
+
+def _all_name_patient(entries: list[Any], resource_type: str, reference: str) -> bool:
+    roots = TYPE_ROOTS.get(resource_type, ())
+    for entry in entries:
+        resource = entry.resource
+        if resource is None or resource.resourceType != resource_type:
+            return False
+        for root in roots:
+            value = getattr(resource, root)
+            if value is None:
+                continue
+            if type(value) is list:
+                if any(item.reference == reference for item in value):
+                    break
+            elif value.reference == reference:
+                break
+        else:
+            return False
+    return True
+
+
+def _splice_links(body: bytes, raw_links: bytes, seal_links: LinkSealer) -> bytes | None:
+    """Replace the upstream's link array in place. Its first occurrence is the Bundle's own when it comes
+    before the entries (a JSON array cannot occur unescaped inside a string); otherwise: not here."""
+    start = body.find(raw_links)
+    entries = body.find(b'"entry"')
+    if start < 0 or (0 <= entries < start):
+        return None
+    sealed = orjson.dumps(seal_links(orjson.loads(raw_links)))
+    return b"".join((body[:start], sealed, body[start + len(raw_links) :]))
