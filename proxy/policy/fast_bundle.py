@@ -10,6 +10,7 @@ nothing else in the body is rewritten. Any other shape returns None and takes th
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -20,6 +21,15 @@ from proxy.fhir.slim import TYPE_ROOTS, Reference, list_of
 __all__ = ["fast_patient_searchset"]
 
 _NULL = msgspec.Raw(b"null")
+_RESOURCE_TYPE = attrgetter("resource.resourceType")
+_PREFERRED = ("patient", "subject", "beneficiary", "individual")
+_SINGLE_REFERENCE = {
+    resource_type: tuple(
+        attrgetter(f"resource.{root}.reference")
+        for root in sorted(roots, key=lambda r: (r not in _PREFERRED, r))
+    )
+    for resource_type, roots in TYPE_ROOTS.items()
+}
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
 LinkSealer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
@@ -61,6 +71,20 @@ def fast_patient_searchset(
 
 
 def _all_name_patient(entries: list[Any], resource_type: str, reference: str) -> bool:
+    if not entries:
+        return True
+    try:
+        if set(map(_RESOURCE_TYPE, entries)) != {resource_type}:
+            return False
+        for getter in _SINGLE_REFERENCE.get(resource_type, ()):
+            if set(map(getter, entries)) == {reference}:
+                return True  # one element names the patient in every entry (C-level passes)
+    except AttributeError:
+        pass  # an entry without a resource, or the element absent or repeated: look entry by entry
+    return _each_names_patient(entries, resource_type, reference)
+
+
+def _each_names_patient(entries: list[Any], resource_type: str, reference: str) -> bool:
     roots = TYPE_ROOTS.get(resource_type, ())
     for entry in entries:
         resource = entry.resource
