@@ -20,7 +20,8 @@ from typing import Any
 Json = dict[str, Any]
 
 DATA_ENV = "FHIRWALL_BENCH_DATA"
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "data"
+# Synthea data: a 3.4 KB Patient with 60+ Observations (the carebundle patients there are smaller)
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "data" / "synthea-r4"
 JSON_SUFFIXES = (".json", ".json.gz")
 MIN_OBSERVATIONS = 60
 # Reference elements of an Observation that usually point into the source Bundle (urn:uuid:...)
