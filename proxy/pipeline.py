@@ -78,12 +78,12 @@ class FhirEndpoint:
         sealer: PageSealer | None = None,
         discovery: SmartDiscovery | None = None,
     ) -> None:
-        self.discovery = discovery
         self.settings = settings
         self.router = router
         self.rewriter = rewriter
         self.authenticator = authenticator
         self.sealer = sealer or PageSealer(load_paging_key(None))
+        self.discovery = discovery
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -263,19 +263,32 @@ class FhirEndpoint:
         headers = self._response_headers(call, answer.headers)
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
-        body = answer.body
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
-            links = self._link_context(call, upstream, call.view, call.decision)
-            fast = None
-            if media_type(answer.content_type) in FHIR_JSON_TYPES:
-                fast = fast_checked_body(call.view, call.request, call.decision, body, links)
-            if fast is None:
-                head = _check_upstream_json(answer)
-                fast = checked_body(call.view, call.request, call.decision, head, body, links)
-            body = fast
+            body = self._checked_body(call, answer, upstream, call.view, call.decision)
         else:
-            _check_upstream_json(answer)
+            head = _check_upstream_json(answer)
+            if call.view is not None and head.resourceType != "OperationOutcome":
+                # an error or redirect answer carries an OperationOutcome, never data that was not checked
+                raise InvalidUpstreamResponseError(f"the upstream answered {answer.status} with a resource")
+            body = answer.body
         return fhir_response(answer.status, self.rewriter.to_public(body, call.public_base), headers)
+
+    def _checked_body(
+        self,
+        call: ProxyCall,
+        answer: BufferedResponse,
+        upstream: Upstream,
+        view: AccessView,
+        decision: AccessDecision,
+    ) -> bytes:
+        """The successful answer as the principal may see it (the searchset fast path, else full checks)."""
+        links = self._link_context(call, upstream, view, decision)
+        if media_type(answer.content_type) in FHIR_JSON_TYPES:
+            fast = fast_checked_body(view, call.request, decision, answer.body, links)
+            if fast is not None:
+                return fast
+        head = _check_upstream_json(answer)
+        return checked_body(view, call.request, decision, head, answer.body, links)
 
     def _link_context(
         self, call: ProxyCall, upstream: Upstream, view: AccessView, decision: AccessDecision

@@ -7,7 +7,6 @@ are registered and revoked by the test directly. Counts requests so caching can 
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from typing import Any
 
@@ -18,11 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.threaded_server import ThreadedServer
+
 CLIENT_ID = "fhirwall-proxy"
 CLIENT_SECRET = "introspection-secret"
 
 
-class AuthorizationServer:
+class AuthorizationServer(ThreadedServer):
     """Serves ``/jwks``, ``/introspect`` and ``/.well-known/openid-configuration`` on ``port``."""
 
     def __init__(self, port: int) -> None:
@@ -38,8 +39,7 @@ class AuthorizationServer:
             Route("/.well-known/openid-configuration", self._metadata),
         ]
         config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(config)
 
     async def _jwks(self, request: Request) -> Response:
         self.calls["jwks"] += 1
@@ -75,14 +75,5 @@ class AuthorizationServer:
         self.active.pop(token, None)
 
     def start(self) -> AuthorizationServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("authorization server did not start")
-            time.sleep(0.02)
+        self.start_serving()
         return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)

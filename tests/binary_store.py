@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import tempfile
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -20,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from tests.threaded_server import ThreadedServer
 
-class BinaryStore:
+
+class BinaryStore(ThreadedServer):
     """Serves ``/fhir/Binary`` on 127.0.0.1:``port`` from a temporary directory, in a thread."""
 
     def __init__(self, port: int) -> None:
@@ -35,8 +35,7 @@ class BinaryStore:
             Route("/fhir/Binary/{id}", self._read, methods=["GET"]),
         ]
         config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(config)
 
     async def _metadata(self, request: Request) -> Response:
         return JSONResponse(
@@ -83,14 +82,5 @@ class BinaryStore:
         return FileResponse(path, media_type=content_type, headers={"ETag": 'W/"1"'})
 
     def start(self) -> BinaryStore:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("binary store did not start")
-            time.sleep(0.02)
+        self.start_serving()
         return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)

@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,12 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
 from proxy.embedded_upstream import CAREBUNDLE_DATA, EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
 from proxy.serve import uvicorn_config
 from proxy.settings import Settings, load_settings
+from tests.threaded_server import ThreadedServer
 
 
 def free_port() -> int:
@@ -85,7 +84,7 @@ def make_settings(upstream_url: str, **overrides: Any) -> Settings:
     return load_settings(None, environ={}, overrides=base)
 
 
-class RunningProxy:
+class RunningProxy(ThreadedServer):
     """The proxy app served by uvicorn in a background thread (real HTTP on 127.0.0.1)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -93,21 +92,11 @@ class RunningProxy:
         scheme = "https" if settings.server.tls is not None else "http"
         self.root = f"{scheme}://127.0.0.1:{settings.server.port}"
         self.base_url = self.root + settings.server.base_path
-        self._server = uvicorn.Server(uvicorn_config(settings))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(uvicorn_config(settings))
 
     def start(self) -> RunningProxy:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("proxy did not start")
-            time.sleep(0.02)
+        self.start_serving()
         return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=15)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30.0, **kwargs)

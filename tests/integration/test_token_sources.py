@@ -42,6 +42,24 @@ def jwt_proxy(
     )
 
 
+def introspecting_proxy(
+    upstream: SeededUpstream,
+    endpoint: str,
+    run_proxy: Callable[..., RunningProxy],
+    monkeypatch: pytest.MonkeyPatch,
+    **options: Any,
+) -> RunningProxy:
+    """A proxy verifying opaque tokens at ``endpoint`` with the test client's credentials."""
+    monkeypatch.setenv("FHIRWALL_TEST_INTROSPECTION_SECRET", CLIENT_SECRET)
+    introspection = {
+        "endpoint": endpoint,
+        "client_id": CLIENT_ID,
+        "client_secret_env": "FHIRWALL_TEST_INTROSPECTION_SECRET",
+        **options,
+    }
+    return run_proxy(make_settings(upstream.base_url, **{"auth.introspection": introspection}))
+
+
 def signed(server: AuthorizationServer, proxy: RunningProxy, key: RSAKey | None = None, **claims: Any) -> str:
     key = key or server.key
     now = int(time.time())
@@ -98,20 +116,13 @@ def test_revoked_opaque_token_stops_working_within_the_cache_ttl(
     run_proxy: Callable[..., RunningProxy],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("FHIRWALL_TEST_INTROSPECTION_SECRET", CLIENT_SECRET)
-    proxy = run_proxy(
-        make_settings(
-            upstream.base_url,
-            **{
-                "auth.introspection": {
-                    "endpoint": f"{auth_server.issuer}/introspect",
-                    "client_id": CLIENT_ID,
-                    "client_secret_env": "FHIRWALL_TEST_INTROSPECTION_SECRET",
-                    "cache_seconds": 1,
-                    "negative_cache_seconds": 0,
-                }
-            },
-        )
+    proxy = introspecting_proxy(
+        upstream,
+        f"{auth_server.issuer}/introspect",
+        run_proxy,
+        monkeypatch,
+        cache_seconds=1,
+        negative_cache_seconds=0,
     )
     token = "opaque-" + uuid.uuid4().hex
     auth_server.register(token, scope="system/*.rs", client_id="c1", sub="u1")
@@ -132,19 +143,7 @@ def test_introspection_with_patient_context(
     run_proxy: Callable[..., RunningProxy],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("FHIRWALL_TEST_INTROSPECTION_SECRET", CLIENT_SECRET)
-    proxy = run_proxy(
-        make_settings(
-            upstream.base_url,
-            **{
-                "auth.introspection": {
-                    "endpoint": f"{auth_server.issuer}/introspect",
-                    "client_id": CLIENT_ID,
-                    "client_secret_env": "FHIRWALL_TEST_INTROSPECTION_SECRET",
-                }
-            },
-        )
-    )
+    proxy = introspecting_proxy(upstream, f"{auth_server.issuer}/introspect", run_proxy, monkeypatch)
     patient_a, patient_b = list(upstream.by_patient)[:2]
     token = "opaque-" + uuid.uuid4().hex
     auth_server.register(token, scope="patient/*.rs", patient=patient_a, client_id="app")
@@ -155,19 +154,8 @@ def test_introspection_with_patient_context(
 def test_unreachable_introspection_denies(
     upstream: SeededUpstream, run_proxy: Callable[..., RunningProxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FHIRWALL_TEST_INTROSPECTION_SECRET", CLIENT_SECRET)
-    proxy = run_proxy(
-        make_settings(
-            upstream.base_url,
-            **{
-                "auth.introspection": {
-                    "endpoint": f"http://127.0.0.1:{free_port()}/introspect",
-                    "client_id": CLIENT_ID,
-                    "client_secret_env": "FHIRWALL_TEST_INTROSPECTION_SECRET",
-                }
-            },
-        )
-    )
+    endpoint = f"http://127.0.0.1:{free_port()}/introspect"
+    proxy = introspecting_proxy(upstream, endpoint, run_proxy, monkeypatch)
     response = get(proxy, "opaque-token")
     assert response.status_code == 503
     assert response.json()["resourceType"] == "OperationOutcome"

@@ -89,74 +89,67 @@ def test_client_token_is_never_forwarded(
     assert "authorization" not in seen["headers"]
 
 
-def test_oauth2_client_credentials_token_is_fetched_once(
-    run_proxy: Callable[..., RunningProxy], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    smart = {
-        "server_auth": {
-            "types": ["smart"],
-            "token_lifetime": 300,
-            "smart_clients": [
-                {"client_id": "fhirwall", "client_secret": "cc-secret", "scopes": "system/*.*"}
-            ],
-        }
+SMART_UPSTREAM = {
+    "server_auth": {
+        "types": ["smart"],
+        "token_lifetime": 300,
+        "smart_clients": [{"client_id": "fhirwall", "client_secret": "cc-secret", "scopes": "system/*.*"}],
     }
-    with EmbeddedUpstream(free_port(), log_inbound=True, extra_settings=smart) as server:
-        monkeypatch.setenv("FHIRWALL_TEST_CC_SECRET", "cc-secret")
-        root = server.base_url.removesuffix("/fhir")
-        auth = {
-            "type": "client_credentials",
-            "token_url": f"{root}/auth/token",
-            "client_id": "fhirwall",
-            "client_secret_env": "FHIRWALL_TEST_CC_SECRET",
-            "scope": "system/*.*",
-        }
-        proxy = run_proxy(
-            make_settings(
-                server.base_url, upstreams=[{"name": "default", "url": server.base_url, "auth": auth}]
-            )
-        )
-        with proxy.client() as client:
-            for _ in range(3):
-                assert client.get("/Patient").status_code == 200
-        import sqlite3
+}
 
-        with sqlite3.connect(server.database) as db:
-            [(token_calls,)] = db.execute(
-                "SELECT count(*) FROM traffic WHERE url LIKE '/auth/token%'"
-            ).fetchall()
-        assert token_calls == 1
+
+@pytest.fixture(scope="module")
+def smart_upstream() -> Iterator[EmbeddedUpstream]:
+    """An upstream that only accepts tokens from its own client-credentials token endpoint."""
+    with EmbeddedUpstream(free_port(), log_inbound=True, extra_settings=SMART_UPSTREAM) as server:
+        yield server
+
+
+def client_credentials_proxy(
+    server: EmbeddedUpstream,
+    secret: str,
+    run_proxy: Callable[..., RunningProxy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> RunningProxy:
+    monkeypatch.setenv("FHIRWALL_TEST_CC_SECRET", secret)
+    auth = {
+        "type": "client_credentials",
+        "token_url": server.base_url.removesuffix("/fhir") + "/auth/token",
+        "client_id": "fhirwall",
+        "client_secret_env": "FHIRWALL_TEST_CC_SECRET",
+        "scope": "system/*.*",
+    }
+    upstreams = [{"name": "default", "url": server.base_url, "auth": auth}]
+    return run_proxy(make_settings(server.base_url, upstreams=upstreams))
+
+
+def token_calls(server: EmbeddedUpstream) -> int:
+    import sqlite3
+
+    with sqlite3.connect(server.database) as db:
+        [(count,)] = db.execute("SELECT count(*) FROM traffic WHERE url LIKE '/auth/token%'").fetchall()
+    return int(count)
+
+
+def test_oauth2_client_credentials_token_is_fetched_once(
+    smart_upstream: EmbeddedUpstream, run_proxy: Callable[..., RunningProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = token_calls(smart_upstream)
+    proxy = client_credentials_proxy(smart_upstream, "cc-secret", run_proxy, monkeypatch)
+    with proxy.client() as client:
+        for _ in range(3):
+            assert client.get("/Patient").status_code == 200
+    assert token_calls(smart_upstream) == before + 1
 
 
 def test_client_credentials_failure_is_503(
-    run_proxy: Callable[..., RunningProxy], monkeypatch: pytest.MonkeyPatch
+    smart_upstream: EmbeddedUpstream, run_proxy: Callable[..., RunningProxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FHIRWALL_TEST_CC_SECRET", "wrong")
-    smart = {
-        "server_auth": {
-            "types": ["smart"],
-            "smart_clients": [
-                {"client_id": "fhirwall", "client_secret": "cc-secret", "scopes": "system/*.*"}
-            ],
-        }
-    }
-    with EmbeddedUpstream(free_port(), extra_settings=smart) as server:
-        root = server.base_url.removesuffix("/fhir")
-        auth = {
-            "type": "client_credentials",
-            "token_url": f"{root}/auth/token",
-            "client_id": "fhirwall",
-            "client_secret_env": "FHIRWALL_TEST_CC_SECRET",
-        }
-        proxy = run_proxy(
-            make_settings(
-                server.base_url, upstreams=[{"name": "default", "url": server.base_url, "auth": auth}]
-            )
-        )
-        with proxy.client() as client:
-            response = client.get("/Patient")
-        assert response.status_code == 503
-        assert "access token" in response.json()["issue"][0]["diagnostics"]
+    proxy = client_credentials_proxy(smart_upstream, "wrong", run_proxy, monkeypatch)
+    with proxy.client() as client:
+        response = client.get("/Patient")
+    assert response.status_code == 503
+    assert "access token" in response.json()["issue"][0]["diagnostics"]
 
 
 @pytest.fixture(scope="module")
