@@ -30,7 +30,13 @@ def create_app(settings: Settings) -> Starlette:
     """Build the proxy application for ``settings`` (pools open in the lifespan)."""
     state = ProxyState(settings)
     endpoint = FhirEndpoint(
-        settings, state.router, state.rewriter, state.authenticator, state.sealer, state.discovery
+        settings,
+        state.router,
+        state.rewriter,
+        state.authenticator,
+        state.sealer,
+        state.discovery,
+        state.consent_gate,
     )
 
     @asynccontextmanager

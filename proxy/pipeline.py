@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.discovery import SmartDiscovery, security_extension
+from proxy.auth.principal import Principal
 from proxy.authorization import authorize
 from proxy.body import RawBodyStream, check_declared_length, parse_json_object, read_body
 from proxy.call import ProxyCall
@@ -50,6 +51,7 @@ from proxy.fhir.urls import BaseUrlRewriter, to_upstream
 from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
 from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
+from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.decision import AccessDecision, ResponseCheck
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
@@ -64,6 +66,7 @@ logger = logging.getLogger("fhirwall.pipeline")
 _BODY_INTERACTIONS = frozenset({Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH, Interaction.BATCH})
 _UPSTREAM_ACCEPT = "application/fhir+json"
 SMART_CONFIGURATION_PATH = "/.well-known/smart-configuration"
+_CONSENT_CHECKED_READS = frozenset({Interaction.READ, Interaction.VREAD, Interaction.OPERATION})
 
 
 class FhirEndpoint:
@@ -77,6 +80,7 @@ class FhirEndpoint:
         authenticator: Authenticator | None = None,
         sealer: PageSealer | None = None,
         discovery: SmartDiscovery | None = None,
+        consent_gate: ConsentGate | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -84,6 +88,7 @@ class FhirEndpoint:
         self.authenticator = authenticator
         self.sealer = sealer or PageSealer(load_paging_key(None))
         self.discovery = discovery
+        self.consent_gate = consent_gate
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -225,7 +230,7 @@ class FhirEndpoint:
         answer = await upstream.send(
             call.request.method, url, headers, body, max_bytes=self._limits.max_upstream_body_bytes
         )
-        return self._json_response(call, answer, upstream)
+        return await self._json_response(call, answer, upstream)
 
     async def _forward_raw(self, call: ProxyCall, upstream: Upstream) -> Response:
         content_type = call.headers.get("content-type") if call.raw_body is not None else None
@@ -243,7 +248,7 @@ class FhirEndpoint:
         if media_type(stream.content_type) in FHIR_JSON_TYPES or stream.status >= 400:
             payload = await stream.read(self._limits.max_upstream_body_bytes)
             answer = BufferedResponse(stream.status, stream.headers, stream.content_type, payload)
-            return self._json_response(call, answer, upstream)
+            return await self._json_response(call, answer, upstream)
         response_headers = self._response_headers(call, stream.headers)
         if "content-length" in dict(stream.headers):
             response_headers.append(("content-length", dict(stream.headers)["content-length"]))
@@ -257,14 +262,18 @@ class FhirEndpoint:
 
     # -- response side ------------------------------------------------------------------------------------
 
-    def _json_response(self, call: ProxyCall, answer: BufferedResponse, upstream: Upstream) -> Response:
+    async def _json_response(self, call: ProxyCall, answer: BufferedResponse, upstream: Upstream) -> Response:
         if answer.status in (401, 407):
             raise InvalidUpstreamResponseError("the upstream refused the proxy's own credentials")
+        if self.consent_gate is not None and _writes_consent(call.request) and 200 <= answer.status < 300:
+            await self.consent_gate.forget(call.document, answer.body)
         headers = self._response_headers(call, answer.headers)
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
             body = self._checked_body(call, answer, upstream, call.view, call.decision)
+            if self.consent_gate is not None:
+                body = await self._consent_checked(call, call.view.principal, body)
         else:
             head = _check_upstream_json(answer)
             if call.view is not None and head.resourceType != "OperationOutcome":
@@ -289,6 +298,16 @@ class FhirEndpoint:
                 return fast
         head = _check_upstream_json(answer)
         return checked_body(view, call.request, decision, head, answer.body, links)
+
+    async def _consent_checked(self, call: ProxyCall, principal: Principal, body: bytes) -> bytes:
+        """Patient consent after the scope checks: Bundles are filtered, a withheld single read refused."""
+        assert self.consent_gate is not None
+        head = decode_resource_head(body)
+        if head.resourceType == "Bundle":
+            return await self.consent_gate.filter_body(principal, body)
+        if call.request.interaction in _CONSENT_CHECKED_READS and head.resourceType != "OperationOutcome":
+            await self.consent_gate.check_resource(principal, orjson.loads(body))
+        return body
 
     def _link_context(
         self, call: ProxyCall, upstream: Upstream, view: AccessView, decision: AccessDecision
@@ -374,6 +393,10 @@ def _header_dict(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
+
+
+def _writes_consent(request: FhirRequest) -> bool:
+    return request.resource_type == "Consent" and request.method != "GET"
 
 
 def _is_binary_read(request: FhirRequest) -> bool:

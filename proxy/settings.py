@@ -20,7 +20,9 @@ from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
     "AuthSettings",
+    "BreakGlassSettings",
     "ConfigError",
+    "ConsentSettings",
     "IntrospectionSettings",
     "IssuerSettings",
     "LimitsSettings",
@@ -388,6 +390,47 @@ class PolicySettings(_Model):
     )
 
 
+class BreakGlassSettings(_Model):
+    """Who may override a consent denial in an emergency (purpose of use BTG/ETREAT from the token)."""
+
+    eligible_roles: list[str] = Field(
+        default_factory=list, description="Token roles allowed to break the glass."
+    )
+    eligible_clients: list[str] = Field(
+        default_factory=list, description="client_ids allowed to break the glass."
+    )
+    justification_claim: str | None = Field(
+        None, description="Dotted claim path holding the user's justification (e.g. btg_reason)."
+    )
+    require_justification: bool = Field(True, description="Refuse break-glass without a justification claim.")
+
+
+class ConsentSettings(_Model):
+    """Patient consent enforcement (FHIR Consent records on the upstream routed for Consent)."""
+
+    enabled: bool = Field(False, description="Check the patient's Consents on every resource returned.")
+    implicit_policy: Literal["deny", "all-normal", "basic-normal", "break-glass-only"] = Field(
+        "all-normal",
+        description="What applies when a patient has no active Consent (IHE PCF implicit policies).",
+    )
+    implicit_policy_by_purpose: dict[
+        str, Literal["deny", "all-normal", "basic-normal", "break-glass-only"]
+    ] = Field(default_factory=dict, description="Per purpose-of-use code (e.g. HRESCH: deny).")
+    combining: Literal["deny-overrides", "permit-overrides", "most-recent"] = Field(
+        "deny-overrides", description="How several applicable active Consents combine."
+    )
+    cache: Literal["memory", "redis"] = Field(
+        "memory", description="redis: shared by replicas (needs redis.url)."
+    )
+    cache_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Longest time a patient's Consents are reused."
+    )
+    on_lookup_failure: Literal["deny"] = Field(
+        "deny", description="Always deny when Consents cannot be read."
+    )
+    break_glass: BreakGlassSettings = Field(default_factory=BreakGlassSettings)
+
+
 class RedisSettings(_Model):
     """Shared state for several replicas (optional)."""
 
@@ -412,6 +455,15 @@ class Settings(_Model):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    consent: ConsentSettings = Field(default_factory=ConsentSettings)
+
+    @model_validator(mode="after")
+    def _check_consent(self) -> Settings:
+        if self.consent.enabled and self.consent.cache == "redis" and not self.redis.url:
+            raise ValueError("consent.cache is redis but redis.url is not set")
+        if self.consent.enabled and not self.auth.enforced:
+            raise ValueError("consent.enabled needs authentication (who is asking, for what purpose)")
+        return self
 
     @model_validator(mode="after")
     def _check_unauthenticated_exposure(self) -> Settings:

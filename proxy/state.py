@@ -9,10 +9,13 @@ from urllib.parse import urlsplit
 import httpx
 import redis.asyncio as aioredis
 
+from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
+from consent.store import CachedConsentStore, FhirConsentStore
 from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
 from proxy.auth.discovery import SmartDiscovery
 from proxy.fhir.urls import BaseUrlRewriter
+from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.settings import Settings
 from proxy.upstream import Upstream, UpstreamRouter
@@ -46,6 +49,8 @@ class ProxyState:
     discovery: SmartDiscovery | None = field(init=False, default=None)
     sealer: PageSealer = field(init=False)
     redis: aioredis.Redis | None = field(init=False, default=None)
+    consent_cache: ConsentCache | None = field(init=False, default=None)
+    consent_gate: ConsentGate | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -53,6 +58,12 @@ class ProxyState:
         self.rewriter = BaseUrlRewriter(upstream.base_url for upstream in self.router.upstreams)
         self.http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
         self.sealer = PageSealer(load_paging_key(settings.policy.paging_key_env))
+        if settings.redis.url:
+            self.redis = aioredis.Redis.from_url(
+                settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+        if settings.consent.enabled:
+            self._build_consent_gate()
         if settings.auth.dev_issuer.enabled:
             key = load_or_create_key(settings.auth.dev_issuer.key_file)
             self.dev_issuer = DevIssuer(key, dev_issuer_url(settings))
@@ -69,16 +80,29 @@ class ProxyState:
         elif not settings.auth.configured:
             logger.warning("no authentication configured: every local client has full access to the upstream")
 
+    def _build_consent_gate(self) -> None:
+        consent = self.settings.consent
+        if consent.cache == "redis":
+            assert self.redis is not None
+            self.consent_cache = RedisConsentCache(self.redis, consent.cache_seconds)
+        else:
+            self.consent_cache = MemoryConsentCache(consent.cache_seconds)
+        source = FhirConsentStore(
+            self.router.for_type("Consent"), self.settings.limits.max_upstream_body_bytes
+        )
+        store = CachedConsentStore(source, self.consent_cache)
+        self.consent_gate = ConsentGate(consent, store, hide_existence=self.settings.policy.hide_existence)
+
     async def open(self) -> None:
-        """Open connection pools."""
+        """Open connection pools and subscriptions."""
         await self.router.start()
-        if self.settings.redis.url:
-            self.redis = aioredis.Redis.from_url(
-                self.settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0
-            )
+        if self.consent_cache is not None:
+            await self.consent_cache.start()
 
     async def close(self) -> None:
         """Close connection pools."""
+        if self.consent_cache is not None:
+            await self.consent_cache.close()
         await self.router.close()
         await self.http.aclose()
         if self.redis is not None:

@@ -1,0 +1,56 @@
+"""FHIR references reduced to the relative ``Type/id`` form consent rules compare (pure; no I/O).
+
+The proxy fronts one FHIR server, so a reference is known by its ``Type/id``: relative (``Practitioner/1``),
+absolute (``https://host/fhir/Practitioner/1``, read by its last two segments) and version-specific
+(``Practitioner/1/_history/3``, the version dropped) all become ``Practitioner/1``. Contained (``#x``),
+``urn:`` (``urn:uuid:...``), conditional (``Type?search``) and identifier-only references have no such form
+and give None.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["is_id", "is_type_name", "patient_id_in", "reference_in", "relative_reference"]
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+
+
+def is_type_name(value: str) -> bool:
+    """True when ``value`` has the shape of a resource type name (``Observation``; known or not)."""
+    return _TYPE.fullmatch(value) is not None
+
+
+def is_id(value: str) -> bool:
+    """True for a FHIR logical id (1-64 of ``A-Za-z0-9-.``, not dots only, no ``..``)."""
+    return _ID.fullmatch(value) is not None and ".." not in value and value.strip(".") != ""
+
+
+def relative_reference(reference: str) -> str | None:
+    """``Type/id`` for a ``Reference.reference`` string, or None when it has no such form."""
+    if reference.startswith(("#", "urn:")) or any(char in reference for char in "?# \t\r\n"):
+        return None
+    segments = reference.split("/")
+    if len(segments) >= 4 and segments[-2] == "_history":
+        segments = segments[:-2]
+    if "://" not in reference and len(segments) != 2:
+        return None
+    if len(segments) < 2 or not is_type_name(segments[-2]) or not is_id(segments[-1]):
+        return None
+    return f"{segments[-2]}/{segments[-1]}"
+
+
+def reference_in(value: Any) -> str | None:
+    """``Type/id`` for a JSON ``Reference`` object, or None (no ``reference``, or one without that form)."""
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return relative_reference(reference) if isinstance(reference, str) else None
+
+
+def patient_id_in(value: Any) -> str | None:
+    """The id of the Patient a JSON ``Reference`` points to, or None when it points elsewhere."""
+    reference = reference_in(value)
+    if reference is None or not reference.startswith("Patient/"):
+        return None
+    return reference.removeprefix("Patient/")

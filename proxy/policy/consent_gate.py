@@ -1,0 +1,182 @@
+"""Consent enforcement in the pipeline: every returned resource that belongs to a patient is checked against
+that patient's Consents (or the implicit policy), after the SMART checks.
+
+The requester's side of the decision (actors, purposes, break-glass eligibility) comes only from the verified
+token, never from request headers. Consents are looked up per patient through the ``ConsentStore`` (cached);
+any lookup failure raises ``ConsentLookupError`` and the response is withheld.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from consent.errors import ConsentDeniedError
+from consent.evaluate import AccessContext, BreakGlass, ConsentVerdict, ImplicitPolicy, evaluate
+from consent.facts import facts_of
+from consent.model import ConsentDirective
+from consent.purpose import BREAK_GLASS_CODES
+from consent.store import ConsentStore
+from proxy.auth.principal import Principal, claim_at
+from proxy.errors import NotFoundError
+from proxy.fhir.compartment import patient_id_of_reference, patient_references
+from proxy.policy.filtering import filter_bundle
+from proxy.settings import ConsentSettings
+
+__all__ = ["ConsentGate"]
+
+logger = logging.getLogger("fhirwall.consent")
+Consents = dict[str, tuple[ConsentDirective, ...]]
+
+
+class ConsentGate:
+    """Applies patient consent to response bodies for one deployment."""
+
+    def __init__(self, settings: ConsentSettings, store: ConsentStore, *, hide_existence: bool) -> None:
+        self.settings = settings
+        self.store = store
+        self.hide_existence = hide_existence
+
+    async def check_resource(self, principal: Principal, resource: dict[str, Any]) -> None:
+        """Raise when the patient's consent does not permit returning ``resource``."""
+        consents = await self._consents_for(patient_references(resource))
+        verdict = self._verdict(principal, resource, consents)
+        if verdict is not None and not verdict.permitted:
+            if self.hide_existence:
+                raise NotFoundError()
+            raise ConsentDeniedError("; ".join(verdict.reasons) or None)
+
+    async def filter_body(self, principal: Principal, body: bytes) -> bytes:
+        """A Bundle without the entries whose patients' consent does not permit them (totals fixed)."""
+        document = orjson.loads(body)
+        consents = await self._consents_for(_patients_in(document))
+
+        def permitted(resource: dict[str, Any]) -> bool:
+            verdict = self._verdict(principal, resource, consents)
+            return verdict is None or verdict.permitted
+
+        # totals are dropped: other pages may hold entries the consent withholds
+        return filter_bundle(body, permitted, keep_total=False, seal_links=None).body
+
+    async def forget(self, document: dict[str, Any] | None, body: bytes) -> None:
+        """A Consent was written: drop the cached Consents of its patient on every replica (all patients
+        when the answer does not say whose it was, e.g. a delete)."""
+        patients = {
+            patient
+            for resource in (document, _json_or_none(body))
+            if isinstance(resource, dict)
+            for patient in _consent_patients(resource)
+        }
+        if not patients:
+            await self.store.invalidate_all()
+        for patient in patients:
+            await self.store.invalidate(patient)
+
+    async def _consents_for(self, patients: Iterable[str]) -> Consents:
+        unique = sorted(set(patients))
+        found = await asyncio.gather(*(self.store.consents_for(patient) for patient in unique))
+        return dict(zip(unique, found, strict=True))
+
+    def _verdict(
+        self, principal: Principal, resource: dict[str, Any], consents: Consents
+    ) -> ConsentVerdict | None:
+        """The combined verdict over every patient the resource belongs to (None: no patient's data)."""
+        patients = patient_references(resource)
+        if not patients:
+            return None
+        facts = facts_of(resource)
+        context = self._context(principal)
+        verdicts = [
+            evaluate(
+                consents[patient],
+                context,
+                facts,
+                implicit=self._implicit(principal),
+                combining=self.settings.combining,
+                break_glass=self._break_glass(principal),
+            )
+            for patient in sorted(patients)
+        ]
+        denied = next((verdict for verdict in verdicts if not verdict.permitted), None)
+        chosen = denied or verdicts[0]
+        if chosen.permitted and chosen.basis == "break-glass":
+            logger.warning(
+                "BREAK-GLASS access: client=%s subject=%s type=%s reasons=%s",
+                principal.client_id,
+                principal.binding[:12],
+                resource.get("resourceType"),
+                "; ".join(chosen.reasons),
+            )
+        return chosen
+
+    def _context(self, principal: Principal) -> AccessContext:
+        actors = {principal.fhir_user} if principal.fhir_user else set()
+        actors |= {f"Organization/{org}" for org in principal.organizations if "/" not in org}
+        actors |= {org for org in principal.organizations if org.startswith("Organization/")}
+        return AccessContext(
+            actors=frozenset(a for a in actors if a),
+            purposes=frozenset(principal.purpose_of_use),
+            when=datetime.now(UTC),
+        )
+
+    def _implicit(self, principal: Principal) -> ImplicitPolicy:
+        for purpose in principal.purpose_of_use:
+            if purpose in self.settings.implicit_policy_by_purpose:
+                return ImplicitPolicy(self.settings.implicit_policy_by_purpose[purpose])
+        return ImplicitPolicy(self.settings.implicit_policy)
+
+    def _break_glass(self, principal: Principal) -> BreakGlass | None:
+        if not set(principal.purpose_of_use) & BREAK_GLASS_CODES:
+            return None
+        policy = self.settings.break_glass
+        eligible = bool(set(principal.roles) & set(policy.eligible_roles)) or principal.client_id in (
+            policy.eligible_clients
+        )
+        justification = None
+        if policy.justification_claim:
+            value = claim_at(principal.claims, policy.justification_claim)
+            justification = value if isinstance(value, str) and value.strip() else None
+        return BreakGlass(
+            eligible=eligible,
+            justification=justification,
+            justification_required=policy.require_justification,
+        )
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _consent_patients(resource: dict[str, Any]) -> set[str]:
+    """The patient a Consent is about (R4 ``patient``, R5 ``subject``)."""
+    if resource.get("resourceType") != "Consent":
+        return set()
+    return {
+        patient_id
+        for key in ("patient", "subject")
+        if isinstance(resource.get(key), dict)
+        and isinstance(resource[key].get("reference"), str)
+        and (patient_id := patient_id_of_reference(resource[key]["reference"])) is not None
+    }
+
+
+def _patients_in(document: Any) -> set[str]:
+    """Every patient whose compartment holds a resource anywhere in ``document`` (nested Bundles too)."""
+    found: set[str] = set()
+    for entry in document.get("entry", []) if isinstance(document, dict) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "Bundle":
+            found |= _patients_in(resource)
+        else:
+            found |= patient_references(resource)
+    return found

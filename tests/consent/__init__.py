@@ -1,0 +1,1 @@
+"""Tests of the pure consent core (labels, purposes, parsing, evaluation)."""
