@@ -98,10 +98,17 @@ _SEARCHES = frozenset({Interaction.SEARCH_TYPE, Interaction.SEARCH_COMPARTMENT, 
 
 
 def fast_checked_body(
-    view: AccessView, request: FhirRequest, decision: AccessDecision, body: bytes, links: LinkContext | None
+    view: AccessView,
+    request: FhirRequest,
+    decision: AccessDecision,
+    body: bytes,
+    links: LinkContext | None,
+    *,
+    drop_total: bool = False,
 ) -> bytes | None:
     """The body of a patient-context searchset of one compartment type when every entry provably names the
-    token's patient (see ``proxy.policy.fast_bundle``); None when the general path must decide."""
+    token's patient (see ``proxy.policy.fast_bundle``); None when the general path must decide.
+    ``drop_total``: remove ``Bundle.total`` even when the query enforced every restriction."""
     resource_type = request.resource_type
     patient = view.principal.patient
     if (
@@ -114,7 +121,8 @@ def fast_checked_body(
     ):
         return None
     seal = links.seal if links else None
-    return fast_patient_searchset(body, resource_type, patient, seal, total_allowed=decision.total_is_exact)
+    total_allowed = decision.total_is_exact and not drop_total
+    return fast_patient_searchset(body, resource_type, patient, seal, total_allowed=total_allowed)
 
 
 def checked_body(

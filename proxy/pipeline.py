@@ -271,9 +271,10 @@ class FhirEndpoint:
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
-            body = self._checked_body(call, answer, upstream, call.view, call.decision)
+            body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
             if self.consent_gate is not None:
-                body = await self._consent_checked(call, call.view.principal, body)
+                patient = call.view.principal.patient if proven else None
+                body = await self._consent_checked(call, call.view.principal, body, patient)
         else:
             head = _check_upstream_json(answer)
             if call.view is not None and head.resourceType != "OperationOutcome":
@@ -289,24 +290,31 @@ class FhirEndpoint:
         upstream: Upstream,
         view: AccessView,
         decision: AccessDecision,
-    ) -> bytes:
-        """The successful answer as the principal may see it (the searchset fast path, else full checks)."""
+    ) -> tuple[bytes, bool]:
+        """The successful answer as the principal may see it, and whether the searchset fast path proved that
+        every entry belongs to the token's patient."""
         links = self._link_context(call, upstream, view, decision)
         if media_type(answer.content_type) in FHIR_JSON_TYPES:
-            fast = fast_checked_body(view, call.request, decision, answer.body, links)
+            drop_total = self.consent_gate is not None  # consent may withhold entries on other pages
+            fast = fast_checked_body(view, call.request, decision, answer.body, links, drop_total=drop_total)
             if fast is not None:
-                return fast
+                return fast, True
         head = _check_upstream_json(answer)
-        return checked_body(view, call.request, decision, head, answer.body, links)
+        return checked_body(view, call.request, decision, head, answer.body, links), False
 
-    async def _consent_checked(self, call: ProxyCall, principal: Principal, body: bytes) -> bytes:
-        """Patient consent after the scope checks: Bundles are filtered, a withheld single read refused."""
+    async def _consent_checked(
+        self, call: ProxyCall, principal: Principal, body: bytes, proven_patient: str | None
+    ) -> bytes:
+        """Patient consent after the scope checks: Bundles are filtered, a withheld single read refused.
+        ``proven_patient``: every entry is known to belong to that patient (no need to look)."""
         assert self.consent_gate is not None
+        if proven_patient is not None:  # a searchset whose entries all belong to this patient
+            return await self.consent_gate.filter_body(principal, body, {proven_patient})
         head = decode_resource_head(body)
         if head.resourceType == "Bundle":
             return await self.consent_gate.filter_body(principal, body)
         if call.request.interaction in _CONSENT_CHECKED_READS and head.resourceType != "OperationOutcome":
-            await self.consent_gate.check_resource(principal, orjson.loads(body))
+            await self.consent_gate.check_resource(principal, body)
         return body
 
     def _link_context(

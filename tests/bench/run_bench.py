@@ -61,6 +61,7 @@ BASELINE_ROW = "passthrough"
 GOAL_MIN_RPS_RATIO = 0.60  # fhirwall without policy
 GOAL_MAX_P50_RATIO = 1.5
 GOAL_POLICY_MIN_RPS_RATIO = 0.45  # fhirwall with SMART scopes and compartment checks
+GOAL_CONSENT_MIN_RPS_RATIO = 0.40  # ... and patient consent (cached lookups)
 
 Json = seed_data.Json
 
@@ -319,17 +320,19 @@ def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) ->
         rows.append(granian_row(upstream_base))
     rows.append(fhirwall_row("fhirwall", upstream_base, goals=(GOAL_MIN_RPS_RATIO, GOAL_MAX_P50_RATIO)))
     rows.append(policy_row(upstream_base, patient_id))
+    rows.append(policy_row(upstream_base, patient_id, consent=True))
     return rows
 
 
-def policy_row(upstream_base: str, patient_id: str) -> Row:
-    """fhirwall enforcing SMART scopes: a patient-app token (``patient/*.rs``) for the seeded patient."""
+def policy_row(upstream_base: str, patient_id: str, consent: bool = False) -> Row:
+    """fhirwall enforcing SMART scopes: a patient-app token (``patient/*.rs``) for the seeded patient; with
+    ``consent`` also the patient's Consents (none on file: the opt-out implicit policy, cached lookups)."""
     from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
 
     key_file = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "dev-key.pem"
-    row = fhirwall_row(
-        "fhirwall-policy", upstream_base, ["--allow-dev-issuer"], goals=(GOAL_POLICY_MIN_RPS_RATIO, None)
-    )
+    name = "fhirwall-consent" if consent else "fhirwall-policy"
+    goal = GOAL_CONSENT_MIN_RPS_RATIO if consent else GOAL_POLICY_MIN_RPS_RATIO
+    row = fhirwall_row(name, upstream_base, ["--allow-dev-issuer"], goals=(goal, None))
     root = row.base_url.removesuffix("/fhir")
     issuer = DevIssuer(load_or_create_key(key_file), f"{root}/_dev")
     token = issuer.mint(
@@ -345,6 +348,7 @@ def policy_row(upstream_base: str, patient_id: str) -> Row:
     env = {
         "FHIRWALL_AUTH__DEV_ISSUER__KEY_FILE": str(key_file),
         "FHIRWALL_AUTH__DEV_ISSUER__ISSUER": issuer.issuer,
+        "FHIRWALL_CONSENT__ENABLED": "true" if consent else "false",
     }
     return Row(
         row.name,
@@ -546,7 +550,7 @@ def print_goals(goals: list[Json]) -> None:
     """Print the targets with PASS/MISS."""
     print(
         "\nTargets: fhirwall (no policy) throughput >= 60 % of passthrough and p50 <= 1.5x; "
-        "fhirwall-policy (patient token) throughput >= 45 %"
+        "fhirwall-policy (patient token) >= 45 %; fhirwall-consent (same token, consent on) >= 40 %"
     )
     for g in goals:
         if g["request"] == "*":
