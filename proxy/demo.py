@@ -14,6 +14,13 @@ from typing import Any
 import httpx
 
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
+from proxy.demo_consent import (
+    BREAK_GLASS_ROLE,
+    ConsentScenario,
+    consent_requests,
+    consent_tokens,
+    seed_consent_scenario,
+)
 from proxy.embedded_upstream import EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
 from proxy.serve import run_server
 from proxy.settings import load_settings
@@ -29,22 +36,34 @@ TOKEN_LIFETIME_SECONDS = 8 * 3600
 class DemoIds:
     """Ids the printed requests use."""
 
-    patient: str
-    other_patient: str
+    patients: list[str]
     observation: str
-    practitioner: str
+    practitioners: list[str]
+
+    @property
+    def patient(self) -> str:
+        return self.patients[0]
+
+    @property
+    def other_patient(self) -> str:
+        return self.patients[1]
+
+    @property
+    def practitioner(self) -> str:
+        return self.practitioners[0]
 
 
 def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
     """Start everything, print how to use it, serve until Ctrl-C."""
-    bundles = synthea_bundles(EXAMPLE_DATA, min(max(patients, 2), MAX_DEMO_PATIENTS))
-    if len(bundles) < 4:
+    bundles = synthea_bundles(EXAMPLE_DATA, min(max(patients, 3), MAX_DEMO_PATIENTS))
+    if len(bundles) < 5:
         print(f"demo data not found in {EXAMPLE_DATA} (run the demo from a source checkout)", file=sys.stderr)
         return 1
     print(f"starting the embedded upstream FHIR server on 127.0.0.1:{upstream_port} ...", flush=True)
     with EmbeddedUpstream(upstream_port) as upstream:
         print(f"loading {len(bundles) - 2} synthetic patients (Synthea, no real people) ...", flush=True)
         ids = _demo_ids(upstream.seed(bundles))
+        scenario = seed_consent_scenario(upstream.base_url, ids.patients, ids.practitioners)
         issuer_url = f"http://127.0.0.1:{proxy_port}/_dev"
         settings = load_settings(
             None,
@@ -53,10 +72,15 @@ def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
                 "server.log_level": "warning",
                 "upstreams": [{"name": "default", "url": upstream.base_url}],
                 "auth.dev_issuer": {"enabled": True, "key_file": str(DEMO_KEY_FILE), "issuer": issuer_url},
+                "consent.enabled": True,
+                "consent.break_glass": {
+                    "eligible_roles": [BREAK_GLASS_ROLE],
+                    "justification_claim": "btg_reason",
+                },
             },
         )
         issuer = DevIssuer(load_or_create_key(DEMO_KEY_FILE), issuer_url)
-        text = banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, ids, issuer)
+        text = banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, ids, issuer, scenario)
         threading.Thread(target=_print_when_ready, args=(proxy_port, text), daemon=True).start()
         run_server(settings)
     return 0
@@ -81,8 +105,7 @@ def _demo_ids(responses: list[dict[str, Any]]) -> DemoIds:
         for entry in bundle.get("entry", []):
             resource = entry.get("resource") or {}
             found.setdefault(resource.get("resourceType", ""), []).append(resource.get("id", ""))
-    patients = found["Patient"]
-    return DemoIds(patients[0], patients[1], found["Observation"][0], found["Practitioner"][0])
+    return DemoIds(found["Patient"], found["Observation"][0], found["Practitioner"])
 
 
 def _request(method: str, url: str, token_var: str | None, expect: str, data: str | None = None) -> list[str]:
@@ -97,7 +120,7 @@ def _request(method: str, url: str, token_var: str | None, expect: str, data: st
     return [f"  # {expect}", "  " + " ".join(parts)]
 
 
-def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer) -> str:
+def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer, scenario: ConsentScenario) -> str:
     """The text printed once everything runs."""
     tokens = {
         name: issuer.mint_persona(
@@ -110,6 +133,7 @@ def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer) -> st
         for name, persona in PERSONAS.items()
     }
     variable = {name: name.upper().replace("-", "_") + "_TOKEN" for name in PERSONAS}
+    extra_tokens = consent_tokens(issuer, base, scenario, TOKEN_LIFETIME_SECONDS)
     lines = [
         "",
         "fhirwall demo is running (DEVELOPMENT ONLY: synthetic data, a local dev token issuer)",
@@ -120,6 +144,7 @@ def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer) -> st
         "",
         "Tokens (valid 8 hours; paste these lines into your shell):",
         *(f"  export {variable[name]}={token}" for name, token in tokens.items()),
+        *(f"  export {name}={token}" for name, token in extra_tokens.items()),
         "",
         "Each persona, one request it may make (200) and one it may not:",
     ]
@@ -155,6 +180,12 @@ def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer) -> st
     lines += [
         "  [no token]",
         *_request("GET", f"{base}/Patient/{ids.patient}", None, "401: a bearer token is required"),
+        "",
+        "Patient consent (the patients' own FHIR Consent records and the data's security labels decide):",
+    ]
+    for token_variable, url, expect in consent_requests(base, scenario):
+        lines += _request("GET", url, token_variable, expect)
+    lines += [
         "",
         'Try also: curl -s -H "Authorization: Bearer $PATIENT_APP_TOKEN" '
         f"'{base}/Patient/{ids.patient}/$everything?_count=10'   (paging links are sealed to the token)",

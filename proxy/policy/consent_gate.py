@@ -3,7 +3,8 @@ that patient's Consents (or the implicit policy), after the SMART checks.
 
 The requester's side of the decision (actors, purposes, break-glass eligibility) comes only from the verified
 token, never from request headers. Consents are looked up per patient through the ``ConsentStore`` (cached);
-any lookup failure raises ``ConsentLookupError`` and the response is withheld.
+any lookup failure raises ``ConsentLookupError`` and the response is withheld. A patient reading their own
+record (``fhirUser`` is that Patient) is not restricted by their own consent.
 """
 
 from __future__ import annotations
@@ -101,8 +102,13 @@ class ConsentGate:
     def _verdict(
         self, principal: Principal, resource: dict[str, Any], consents: Consents
     ) -> ConsentVerdict | None:
-        """The combined verdict over every patient the resource belongs to (None: no patient's data)."""
-        patients = patient_references(resource)
+        """The combined verdict over every patient the resource belongs to (None: nothing to decide).
+
+        Patients reading their own record are not restricted by their own consent (right of access:
+        HIPAA 164.524, GDPR Art. 15, PIPL Art. 45); everyone else's compartments are."""
+        patients = {
+            patient for patient in patient_references(resource) if principal.fhir_user != f"Patient/{patient}"
+        }
         if not patients:
             return None
         facts = facts_of(resource)

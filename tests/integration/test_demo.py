@@ -63,9 +63,9 @@ def test_demo_starts_and_every_printed_request_behaves_as_printed(tmp_path: Path
         output = read_banner(process)
         assert "Press Ctrl-C" in output, output
         tokens = dict(re.findall(r"export (\w+)=(\S+)", output))
-        assert len(tokens) == 4
+        assert len(tokens) == 6
         checks = re.findall(r"# (\d{3}): .*\n\s+(curl .*)", output)
-        assert len(checks) == 9
+        assert len(checks) == 15
         for expected, curl in checks:
             assert run_printed_curl(curl, tokens) == int(expected), curl
     finally:
