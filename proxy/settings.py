@@ -379,6 +379,10 @@ class PolicySettings(_Model):
     protected_write_roles: list[str] = Field(
         default_factory=lambda: ["consent-manager"], description="Roles allowed to write protected types."
     )
+    patients_write_own_consent: bool = Field(
+        False,
+        description="A patient (fhirUser Patient, in patient context) may write Consents about themselves.",
+    )
     allowed_operations: list[str] = Field(
         default_factory=lambda: ["everything", "validate", "lastn", "meta"],
         description="Operations the policy knows how to enforce; every other $operation is refused.",

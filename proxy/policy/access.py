@@ -84,10 +84,18 @@ class AccessView:
         )
 
     def may_write_type(self, resource_type: str) -> bool:
-        """False for protected types (Consent, AuditEvent, ...) unless the principal has an allowed role."""
+        """False for protected types (Consent, AuditEvent, ...) unless the principal has an allowed role, or
+        is a patient managing their own Consents where configured (the compartment check then keeps them to
+        their own)."""
         if resource_type not in self.settings.protected_write_types:
             return True
+        if resource_type == "Consent" and self.settings.patients_write_own_consent and self._is_the_patient():
+            return True
         return bool(set(self.principal.roles) & set(self.settings.protected_write_roles))
+
+    def _is_the_patient(self) -> bool:
+        patient = self.principal.patient
+        return patient is not None and self.principal.fhir_user == f"Patient/{patient}"
 
     def _accepts(
         self, scope: ResourceScope, resource_type: str, resource: Mapping[str, Any], *, write: bool

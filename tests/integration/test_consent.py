@@ -118,7 +118,7 @@ def consent_proxies(
     run_proxy: Callable[..., RunningProxy],
     count: int = 1,
     redis_url: str | None = None,
-    **extra: Any,
+    extra: dict[str, Any] | None = None,
 ) -> ConsentSetup:
     key_file = tmp_path / "dev-key.pem"
     issuer_url = "http://127.0.0.1:1/_dev"
@@ -129,7 +129,7 @@ def consent_proxies(
             "eligible_roles": ["emergency-physician"],
             "justification_claim": "btg_reason",
         },
-        **extra,
+        **(extra or {}),
     }
     if redis_url:
         overrides |= {"redis.url": redis_url, "consent.cache": "redis"}
@@ -267,3 +267,34 @@ def test_unreadable_consent_denies(setup: ConsentSetup) -> None:
     response = setup.get(f"/Observation/{person.observation}")
     assert response.status_code == 503
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_patients_may_write_their_own_consent_only_where_allowed(
+    upstream: SeededUpstream, tmp_path: Path, run_proxy: Callable[..., RunningProxy]
+) -> None:
+    person, other = new_person(upstream), new_person(upstream)
+    for allowed in (False, True):
+        options: dict[str, Any] = {"policy.patients_write_own_consent": allowed}
+        setup = consent_proxies(upstream, tmp_path, run_proxy, extra=options)
+        proxy = setup.proxies[0]
+        token = setup.issuer.mint(
+            {
+                "sub": "patient-user",
+                "client_id": "patient-app",
+                "scope": "patient/*.cruds",
+                "patient": person.patient,
+                "fhirUser": f"Patient/{person.patient}",
+            },
+            audience=proxy.base_url,
+        )
+        headers = {**FHIR_JSON, "authorization": f"Bearer {token}"}
+        own = httpx.post(proxy.base_url + "/Consent", json=consent(person.patient, "deny"), headers=headers)
+        foreign = httpx.post(
+            proxy.base_url + "/Consent", json=consent(other.patient, "deny"), headers=headers
+        )
+        assert own.status_code == (201 if allowed else 403), own.text
+        assert foreign.status_code == 403
+    assert (
+        setup.get(f"/Observation/{person.observation}").status_code == 404
+    )  # the patient's opt-out took effect
+    assert setup.get(f"/Observation/{other.observation}").status_code == 200
