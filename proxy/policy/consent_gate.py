@@ -47,7 +47,7 @@ class ConsentGate:
         """Raise when the patients' consent does not permit returning the resource in ``body``."""
         resource = orjson.loads(body)
         consents = await self._consents_for(patient_references(resource))
-        if self._nothing_to_withhold(principal, consents, body):
+        if self._nothing_to_withhold(principal, consents, body, total_gone=True):  # one resource: no total
             return
         verdict = self._verdict(principal, resource, consents)
         if verdict is not None and not verdict.permitted:
@@ -57,11 +57,12 @@ class ConsentGate:
 
     async def filter_body(self, principal: Principal, body: bytes, patients: set[str] | None = None) -> bytes:
         """A Bundle without the entries whose patients' consent does not permit them (totals removed).
-        ``patients``: every entry is already known to belong to these patients."""
+        ``patients``: every entry is already known to belong to these patients, and the total is gone."""
+        total_gone = patients is not None
         if patients is None:
             patients = _patients_in(orjson.loads(body))
         consents = await self._consents_for(patients)
-        if self._nothing_to_withhold(principal, consents, body):
+        if self._nothing_to_withhold(principal, consents, body, total_gone=total_gone):
             return body
 
         def permitted(resource: dict[str, Any]) -> bool:
@@ -71,12 +72,14 @@ class ConsentGate:
         # totals are dropped: other pages may hold entries the consent withholds
         return filter_bundle(body, permitted, keep_total=False, seal_links=None).body
 
-    def _nothing_to_withhold(self, principal: Principal, consents: Consents, body: bytes) -> bool:
+    def _nothing_to_withhold(
+        self, principal: Principal, consents: Consents, body: bytes, *, total_gone: bool = False
+    ) -> bool:
         """No Consent on file for anyone concerned, an implicit policy that permits normal data, and no
         security label (nor a total to remove) anywhere in the bytes: everything is permitted as it is."""
         if any(consents.values()) or self._implicit(principal) is not ImplicitPolicy.ALL_NORMAL:
             return False
-        return b'"security"' not in body and b'"total"' not in body
+        return b'"security"' not in body and (total_gone or b'"total"' not in body)
 
     async def forget(self, document: dict[str, Any] | None, body: bytes) -> None:
         """A Consent was written: drop the cached Consents of its patient on every replica (all patients
