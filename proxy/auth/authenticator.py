@@ -18,12 +18,12 @@ import httpx
 
 from proxy.auth.introspection import IntrospectionClient
 from proxy.auth.jwks import JwksCache
-from proxy.auth.jwt_verifier import StaticKeys, TrustedIssuer, verify_jwt
+from proxy.auth.jwt_verifier import TrustedIssuer, verify_jwt
 from proxy.auth.principal import Principal
 from proxy.errors import AuthenticationError, ProxyError
 from proxy.settings import AuthSettings, IntrospectionSettings
 
-__all__ = ["Authenticator", "bearer_token"]
+__all__ = ["Authenticator", "bearer_token", "build_authenticator"]
 
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*) *", re.IGNORECASE)
 _JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
@@ -160,5 +160,3 @@ def _secret(settings: IntrospectionSettings) -> str:
     assert settings.client_secret_file is not None
     return settings.client_secret_file.read_text(encoding="utf-8").strip()
 
-
-__all__ += ["StaticKeys", "build_authenticator"]

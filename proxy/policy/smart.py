@@ -13,14 +13,13 @@ from typing import Any
 
 from proxy.errors import ForbiddenError, InsufficientScopeError, NotFoundError
 from proxy.fhir.compartment import PATIENT_COMPARTMENT_TYPES, compartment_search_params
-from proxy.fhir.request import FhirRequest, Interaction
+from proxy.fhir.request import FhirRequest, Interaction, parse_query
 from proxy.fhir.search_params import search_param
 from proxy.policy.access import READ_PERMISSIONS, AccessView
 from proxy.policy.decision import AccessDecision, ResponseCheck
 
-__all__ = ["decide", "decide_entries"]
+__all__ = ["check_current", "check_operation_allowed", "decide", "decide_entries"]
 
-_SEARCH_LIKE = frozenset({Interaction.SEARCH_TYPE, Interaction.HISTORY_TYPE, Interaction.SEARCH_COMPARTMENT})
 _RESULT_CONTROL = frozenset({"_count", "_sort", "_include", "_revinclude", "_total", "_format", "_pretty"})
 _REFUSED_ALWAYS = ("_has", "_filter", "_query")
 _REFUSED_WHEN_RESTRICTED = ("_elements", "_contained", "_containedType")
@@ -297,8 +296,6 @@ def _narrow_if_none_exist(view: AccessView, resource_type: str, criteria: str | 
     _require(view, resource_type, "s")
     if not view.restricted(resource_type, "s"):
         return criteria
-    from proxy.fhir.request import parse_query
-
     search = FhirRequest(Interaction.SEARCH_TYPE, "GET", resource_type, params=parse_query(criteria))
     decision = _search(view, search)
     if not decision.total_is_exact:
@@ -352,5 +349,3 @@ def _patient_everything(view: AccessView, request: FhirRequest) -> AccessDecisio
         raise ForbiddenError("$everything is only available for the token's own patient")
     return AccessDecision(total_is_exact=False)
 
-
-__all__ += ["check_current", "check_operation_allowed"]
