@@ -159,4 +159,3 @@ def _secret(settings: IntrospectionSettings) -> str:
         return os.environ[settings.client_secret_env]
     assert settings.client_secret_file is not None
     return settings.client_secret_file.read_text(encoding="utf-8").strip()
-

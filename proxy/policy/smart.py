@@ -348,4 +348,3 @@ def _patient_everything(view: AccessView, request: FhirRequest) -> AccessDecisio
     if view.restricted("Patient", "r") and patient is not None and request.id != patient:
         raise ForbiddenError("$everything is only available for the token's own patient")
     return AccessDecision(total_is_exact=False)
-
