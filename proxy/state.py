@@ -15,6 +15,7 @@ from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
 from proxy.auth.discovery import SmartDiscovery
 from proxy.fhir.urls import BaseUrlRewriter
+from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.settings import Settings
@@ -91,7 +92,12 @@ class ProxyState:
             self.router.for_type("Consent"), self.settings.limits.max_upstream_body_bytes
         )
         store = CachedConsentStore(source, self.consent_cache)
-        self.consent_gate = ConsentGate(consent, store, hide_existence=self.settings.policy.hide_existence)
+        actors = ActorResolver(
+            self.router, consent.cache_seconds, self.settings.limits.max_upstream_body_bytes
+        )
+        self.consent_gate = ConsentGate(
+            consent, store, actors, hide_existence=self.settings.policy.hide_existence
+        )
 
     async def open(self) -> None:
         """Open connection pools and subscriptions."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from consent.store import ConsentStore
 from proxy.auth.principal import Principal, claim_at
 from proxy.errors import NotFoundError
 from proxy.fhir.compartment import patient_id_of_reference, patient_references
+from proxy.policy.actors import ActorResolver
 from proxy.policy.filtering import filter_bundle
 from proxy.settings import ConsentSettings
 
@@ -35,12 +37,23 @@ logger = logging.getLogger("fhirwall.consent")
 Consents = dict[str, tuple[ConsentDirective, ...]]
 
 
+@dataclass(frozen=True)
+class _Requester:
+    principal: Principal
+    context: AccessContext
+    implicit: ImplicitPolicy
+    break_glass: BreakGlass | None
+
+
 class ConsentGate:
     """Applies patient consent to response bodies for one deployment."""
 
-    def __init__(self, settings: ConsentSettings, store: ConsentStore, *, hide_existence: bool) -> None:
+    def __init__(
+        self, settings: ConsentSettings, store: ConsentStore, actors: ActorResolver, *, hide_existence: bool
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.actors = actors
         self.hide_existence = hide_existence
 
     async def check_resource(self, principal: Principal, body: bytes) -> None:
@@ -49,7 +62,7 @@ class ConsentGate:
         consents = await self._consents_for(patient_references(resource))
         if self._nothing_to_withhold(principal, consents, body, total_gone=True):  # one resource: no total
             return
-        verdict = self._verdict(principal, resource, consents)
+        verdict = self._verdict(await self._requester(principal), resource, consents)
         if verdict is not None and not verdict.permitted:
             if self.hide_existence:
                 raise NotFoundError()
@@ -64,9 +77,10 @@ class ConsentGate:
         consents = await self._consents_for(patients)
         if self._nothing_to_withhold(principal, consents, body, total_gone=total_gone):
             return body
+        requester = await self._requester(principal)
 
         def permitted(resource: dict[str, Any]) -> bool:
-            verdict = self._verdict(principal, resource, consents)
+            verdict = self._verdict(requester, resource, consents)
             return verdict is None or verdict.permitted
 
         # totals are dropped: other pages may hold entries the consent withholds
@@ -102,33 +116,39 @@ class ConsentGate:
         found = await asyncio.gather(*(self.store.consents_for(patient) for patient in unique))
         return dict(zip(unique, found, strict=True))
 
+    async def _requester(self, principal: Principal) -> _Requester:
+        """The requester's side of every decision in this request, computed once."""
+        context = AccessContext(
+            actors=await self.actors.actors_for(principal),
+            purposes=frozenset(principal.purpose_of_use),
+            when=datetime.now(UTC),
+        )
+        return _Requester(principal, context, self._implicit(principal), self._break_glass(principal))
+
     def _verdict(
-        self, principal: Principal, resource: dict[str, Any], consents: Consents
+        self, requester: _Requester, resource: dict[str, Any], consents: Consents
     ) -> ConsentVerdict | None:
         """The combined verdict over every patient the resource belongs to (None: nothing to decide).
 
         Patients reading their own record are not restricted by their own consent (right of access:
         HIPAA 164.524, GDPR Art. 15, PIPL Art. 45); everyone else's compartments are."""
-        patients = {
-            patient for patient in patient_references(resource) if principal.fhir_user != f"Patient/{patient}"
-        }
+        principal = requester.principal
+        patients = {p for p in patient_references(resource) if principal.fhir_user != f"Patient/{p}"}
         if not patients:
             return None
         facts = facts_of(resource)
-        context = self._context(principal)
         verdicts = [
             evaluate(
                 consents[patient],
-                context,
+                requester.context,
                 facts,
-                implicit=self._implicit(principal),
+                implicit=requester.implicit,
                 combining=self.settings.combining,
-                break_glass=self._break_glass(principal),
+                break_glass=requester.break_glass,
             )
             for patient in sorted(patients)
         ]
-        denied = next((verdict for verdict in verdicts if not verdict.permitted), None)
-        chosen = denied or verdicts[0]
+        chosen = next((verdict for verdict in verdicts if not verdict.permitted), verdicts[0])
         if chosen.permitted and chosen.basis == "break-glass":
             logger.warning(
                 "BREAK-GLASS access: client=%s subject=%s type=%s reasons=%s",
@@ -138,16 +158,6 @@ class ConsentGate:
                 "; ".join(chosen.reasons),
             )
         return chosen
-
-    def _context(self, principal: Principal) -> AccessContext:
-        actors = {principal.fhir_user} if principal.fhir_user else set()
-        actors |= {f"Organization/{org}" for org in principal.organizations if "/" not in org}
-        actors |= {org for org in principal.organizations if org.startswith("Organization/")}
-        return AccessContext(
-            actors=frozenset(a for a in actors if a),
-            purposes=frozenset(principal.purpose_of_use),
-            when=datetime.now(UTC),
-        )
 
     def _implicit(self, principal: Principal) -> ImplicitPolicy:
         for purpose in principal.purpose_of_use:

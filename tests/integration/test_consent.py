@@ -298,3 +298,43 @@ def test_patients_may_write_their_own_consent_only_where_allowed(
         setup.get(f"/Observation/{person.observation}").status_code == 404
     )  # the patient's opt-out took effect
     assert setup.get(f"/Observation/{other.observation}").status_code == 200
+
+
+def test_care_team_and_organisation_actors_are_resolved_from_the_server(setup: ConsentSetup) -> None:
+    person = new_person(setup.upstream)
+    practitioner = "Practitioner/" + create(setup.upstream, {"resourceType": "Practitioner"})
+    colleague = "Practitioner/" + create(setup.upstream, {"resourceType": "Practitioner"})
+    organization = "Organization/" + create(
+        setup.upstream, {"resourceType": "Organization", "name": "Ward 7"}
+    )
+    team = "CareTeam/" + create(
+        setup.upstream,
+        {
+            "resourceType": "CareTeam",
+            "status": "active",
+            "participant": [{"member": {"reference": practitioner}}],
+        },
+    )
+    create(
+        setup.upstream,
+        {
+            "resourceType": "PractitionerRole",
+            "active": True,
+            "practitioner": {"reference": colleague},
+            "organization": {"reference": organization},
+        },
+    )
+    create(
+        setup.upstream,
+        consent(
+            person.patient,
+            "permit",
+            nested=[
+                {"type": "deny", "actor": [{"reference": {"reference": team}}]},
+                {"type": "deny", "actor": [{"reference": {"reference": organization}}]},
+            ],
+        ),
+    )
+    assert setup.get(f"/Observation/{person.observation}", practitioner).status_code == 404  # via the team
+    assert setup.get(f"/Observation/{person.observation}", colleague).status_code == 404  # via the role's org
+    assert setup.get(f"/Observation/{person.observation}", "Practitioner/someone-else").status_code == 200
