@@ -27,7 +27,8 @@ from typing import Any
 from consent.coding import Coding, codings_in
 from consent.dates import FhirDateError, Period, instant_range
 from consent.labels import Labels, resource_labels
-from consent.references import is_id, is_type_name, reference_in, relative_reference
+from proxy.fhir.references import reference_in, relative_reference
+from proxy.fhir.resource_types import is_type_name, is_valid_id
 
 __all__ = ["AUTHOR_ELEMENTS", "CODE_ELEMENTS", "DATE_PATHS", "ResourceFacts", "data_date", "facts_of"]
 
@@ -79,7 +80,7 @@ def facts_of(resource: dict[str, Any]) -> ResourceFacts:
     if not isinstance(resource_type, str) or not is_type_name(resource_type):
         raise ValueError("not a FHIR resource (no resourceType)")
     raw_id = resource.get("id")
-    resource_id = raw_id if isinstance(raw_id, str) and is_id(raw_id) else None
+    resource_id = raw_id if isinstance(raw_id, str) and is_valid_id(raw_id) else None
     return ResourceFacts(
         resource_type=resource_type,
         id=resource_id,

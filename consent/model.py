@@ -36,7 +36,8 @@ from consent.coding import Coding, coding_of, codings_in
 from consent.dates import FhirDateError, Period, instant_range, parse_period
 from consent.labels import normalise_label
 from consent.purpose import ACT_REASON_SYSTEM
-from consent.references import is_type_name, patient_id_in, reference_in
+from proxy.fhir.references import patient_id_in, reference_in
+from proxy.fhir.resource_types import is_type_name
 
 __all__ = [
     "CONSENT_ACTION_SYSTEM",

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from proxy.fhir.references import relative_reference
 from proxy.fhir.resource_types import is_valid_id
 from proxy.fhir.search_params import ALL_TARGETS, ANY_TARGET, values_at
 
@@ -112,16 +113,12 @@ def compartment_search_params(resource_type: str) -> tuple[str, ...]:
 
 def patient_id_of_reference(reference: str) -> str | None:
     """The id of the Patient that a ``Reference.reference`` string points to, or None if it is not one."""
-    if reference.startswith(("#", "urn:")) or any(char in reference for char in "?# \t\r\n"):
-        return None
-    segments = reference.split("/")
-    if len(segments) >= 4 and segments[-2] == "_history":
-        segments = segments[:-2]
-    if "://" not in reference and len(segments) != 2:
-        return None
-    if len(segments) < 2 or segments[-2] != "Patient" or not is_valid_id(segments[-1]):
-        return None
-    return segments[-1]
+    relative = relative_reference(reference)
+    return (
+        relative.removeprefix("Patient/")
+        if relative is not None and relative.startswith("Patient/")
+        else None
+    )
 
 
 def _referenced_patients(resource: Mapping[str, Any], params: tuple[_CompartmentParam, ...]) -> set[str]:

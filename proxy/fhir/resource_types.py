@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["R4_RESOURCE_TYPES", "is_valid_id", "is_valid_operation_name", "looks_like_type"]
+__all__ = ["R4_RESOURCE_TYPES", "is_type_name", "is_valid_id", "is_valid_operation_name", "looks_like_type"]
 
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     [
@@ -173,5 +173,10 @@ def is_valid_operation_name(value: str) -> bool:
 
 
 def looks_like_type(value: str) -> bool:
-    """True when ``value`` has the shape of a resource type name (known or not)."""
+    """True when ``value`` has the shape of a resource type name, in any case (known or not)."""
     return _TYPE_SHAPE.fullmatch(value) is not None
+
+
+def is_type_name(value: str) -> bool:
+    """True when ``value`` is shaped like a resource type name: ``Observation`` (known or not)."""
+    return looks_like_type(value) and value[0].isupper()

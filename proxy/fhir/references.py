@@ -1,4 +1,4 @@
-"""FHIR references reduced to the relative ``Type/id`` form consent rules compare (pure; no I/O).
+"""FHIR references reduced to the relative ``Type/id`` form (pure; no I/O).
 
 The proxy fronts one FHIR server, so a reference is known by its ``Type/id``: relative (``Practitioner/1``),
 absolute (``https://host/fhir/Practitioner/1``, read by its last two segments) and version-specific
@@ -9,23 +9,11 @@ and give None.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-__all__ = ["is_id", "is_type_name", "patient_id_in", "reference_in", "relative_reference"]
+from proxy.fhir.resource_types import is_type_name, is_valid_id
 
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_TYPE = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
-
-
-def is_type_name(value: str) -> bool:
-    """True when ``value`` has the shape of a resource type name (``Observation``; known or not)."""
-    return _TYPE.fullmatch(value) is not None
-
-
-def is_id(value: str) -> bool:
-    """True for a FHIR logical id (1-64 of ``A-Za-z0-9-.``, not dots only, no ``..``)."""
-    return _ID.fullmatch(value) is not None and ".." not in value and value.strip(".") != ""
+__all__ = ["patient_id_in", "reference_in", "relative_reference"]
 
 
 def relative_reference(reference: str) -> str | None:
@@ -37,7 +25,7 @@ def relative_reference(reference: str) -> str | None:
         segments = segments[:-2]
     if "://" not in reference and len(segments) != 2:
         return None
-    if len(segments) < 2 or not is_type_name(segments[-2]) or not is_id(segments[-1]):
+    if len(segments) < 2 or not is_type_name(segments[-2]) or not is_valid_id(segments[-1]):
         return None
     return f"{segments[-2]}/{segments[-1]}"
 
