@@ -51,6 +51,8 @@ __all__ = [
     "Kind",
     "Provision",
     "parse_consent",
+    "reads_resource",
+    "resource_independent",
 ]
 
 Kind = Literal["permit", "deny"]
@@ -411,3 +413,22 @@ def _period(node: dict[str, Any], key: str, where: str) -> Period | None:
         return parse_period(value)
     except FhirDateError as exc:
         raise ConsentParseError(f"{where}.{key}: {exc}") from exc
+
+
+def reads_resource(provision: Provision) -> bool:
+    """True when the provision or an exception below it looks at the resource itself (class, document type,
+    code, security label, data period or data reference); otherwise its decision is the same for every
+    unlabelled resource of the patient, given the requester."""
+    own = (
+        provision.classes,
+        provision.document_types,
+        provision.codes,
+        provision.security_labels,
+        provision.data,
+    )
+    return any(own) or provision.data_period is not None or any(map(reads_resource, provision.children))
+
+
+def resource_independent(directives: tuple[ConsentDirective, ...]) -> bool:
+    """True when no rule of these Consents looks at the resource (see ``reads_resource``)."""
+    return not any(directive.root is not None and reads_resource(directive.root) for directive in directives)

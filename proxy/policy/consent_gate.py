@@ -21,7 +21,7 @@ import orjson
 from consent.errors import ConsentDeniedError
 from consent.evaluate import AccessContext, BreakGlass, ConsentVerdict, ImplicitPolicy, evaluate
 from consent.facts import facts_of
-from consent.model import ConsentDirective
+from consent.model import ConsentDirective, resource_independent
 from consent.purpose import BREAK_GLASS_CODES
 from consent.store import ConsentStore
 from proxy.auth.principal import Principal, claim_at
@@ -72,16 +72,24 @@ class ConsentGate:
         """A Bundle without the entries whose patients' consent does not permit them (totals removed).
         ``patients``: every entry is already known to belong to these patients, and the total is gone."""
         total_gone = patients is not None
+        if patients is not None and all(principal.fhir_user == f"Patient/{p}" for p in patients):
+            return body  # patients reading their own record (see _verdict)
         if patients is None:
             patients = _patients_in(orjson.loads(body))
         consents = await self._consents_for(patients)
         if self._nothing_to_withhold(principal, consents, body, total_gone=total_gone):
             return body
         requester = await self._requester(principal)
+        same_for_all = {p for p, directives in consents.items() if resource_independent(directives)}
+        decided: dict[frozenset[str], bool] = {}
 
         def permitted(resource: dict[str, Any]) -> bool:
-            verdict = self._verdict(requester, resource, consents)
-            return verdict is None or verdict.permitted
+            key = frozenset(patient_references(resource))
+            if key <= same_for_all and not _labelled(resource):
+                if key not in decided:  # the rules do not look at unlabelled resources: decide once
+                    decided[key] = _permits(self._verdict(requester, resource, consents))
+                return decided[key]
+            return _permits(self._verdict(requester, resource, consents))
 
         # totals are dropped: other pages may hold entries the consent withholds
         return filter_bundle(body, permitted, keep_total=False, seal_links=None).body
@@ -181,6 +189,15 @@ class ConsentGate:
             justification=justification,
             justification_required=policy.require_justification,
         )
+
+
+def _permits(verdict: ConsentVerdict | None) -> bool:
+    return verdict is None or verdict.permitted
+
+
+def _labelled(resource: dict[str, Any]) -> bool:
+    meta = resource.get("meta")
+    return isinstance(meta, dict) and bool(meta.get("security"))
 
 
 def _json_or_none(body: bytes) -> Any:

@@ -29,6 +29,8 @@ from consent.model import (
     DataReference,
     Provision,
     parse_consent,
+    reads_resource,
+    resource_independent,
 )
 
 LOINC = "http://loinc.org"
@@ -607,3 +609,86 @@ def test_any_malformed_consent_raises_only_consent_parse_error(
     }
     with contextlib.suppress(ConsentParseError):
         parse_consent(resource)
+
+
+# --- which rules look at the resource (used to decide once per patient) ---------------------------------
+
+
+def _consent_with(provision: dict[str, object]) -> dict[str, object]:
+    return {
+        "resourceType": "Consent",
+        "id": "c",
+        "status": "active",
+        "patient": {"reference": "Patient/p"},
+        "scope": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "provision": provision,
+    }
+
+
+@pytest.mark.parametrize(
+    ("provision", "reads"),
+    [
+        ({"type": "deny"}, False),
+        (
+            {
+                "type": "permit",
+                "provision": [{"type": "deny", "actor": [{"reference": {"reference": "Practitioner/x"}}]}],
+            },
+            False,
+        ),
+        (
+            {
+                "type": "permit",
+                "purpose": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
+                ],
+            },
+            False,
+        ),
+        (
+            {
+                "type": "permit",
+                "provision": [
+                    {
+                        "type": "deny",
+                        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
+                    }
+                ],
+            },
+            True,
+        ),
+        (
+            {
+                "type": "permit",
+                "provision": [
+                    {
+                        "type": "deny",
+                        "securityLabel": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+                        ],
+                    }
+                ],
+            },
+            True,
+        ),
+        ({"type": "permit", "dataPeriod": {"start": "2020-01-01"}}, True),
+        ({"type": "permit", "code": [{"coding": [{"system": "http://loinc.org", "code": "1-1"}]}]}, True),
+        (
+            {
+                "type": "permit",
+                "data": [{"meaning": "instance", "reference": {"reference": "Observation/1"}}],
+            },
+            True,
+        ),
+    ],
+)
+def test_rules_that_read_the_resource(provision: dict[str, object], reads: bool) -> None:
+    directive = parse_consent(_consent_with(provision))
+    assert directive.root is not None
+    assert reads_resource(directive.root) is reads
+    assert resource_independent((directive,)) is not reads

@@ -338,3 +338,31 @@ def test_care_team_and_organisation_actors_are_resolved_from_the_server(setup: C
     assert setup.get(f"/Observation/{person.observation}", practitioner).status_code == 404  # via the team
     assert setup.get(f"/Observation/{person.observation}", colleague).status_code == 404  # via the role's org
     assert setup.get(f"/Observation/{person.observation}", "Practitioner/someone-else").status_code == 200
+
+
+def test_searches_decide_once_per_patient_but_labelled_data_is_still_checked(setup: ConsentSetup) -> None:
+    person = new_person(setup.upstream)
+    create(
+        setup.upstream,
+        consent(
+            person.patient,
+            "permit",
+            nested=[{"type": "deny", "actor": [{"reference": {"reference": "Practitioner/doc-denied"}}]}],
+        ),
+    )
+    allowed = setup.get(f"/Observation?patient={person.patient}", "Practitioner/doc-ok")
+    assert ids(allowed) == {person.observation}  # the PSY-labelled one still needs an explicit permit
+    denied = setup.get(f"/Observation?patient={person.patient}", "Practitioner/doc-denied")
+    assert ids(denied) == set()
+    own = setup.issuer.mint(
+        {
+            "sub": "p",
+            "client_id": "app",
+            "scope": "patient/*.rs",
+            "patient": person.patient,
+            "fhirUser": f"Patient/{person.patient}",
+        },
+        audience=setup.proxies[0].base_url,
+    )
+    mine = httpx.get(f"{setup.proxies[0].base_url}/Observation", headers={"authorization": f"Bearer {own}"})
+    assert ids(mine) == {person.observation, person.psy_observation}
