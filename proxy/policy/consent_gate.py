@@ -20,7 +20,7 @@ import orjson
 
 from consent.errors import ConsentDeniedError
 from consent.evaluate import AccessContext, BreakGlass, ConsentVerdict, ImplicitPolicy, evaluate
-from consent.facts import facts_of
+from consent.facts import ResourceFacts, facts_of
 from consent.model import ConsentDirective, resource_independent
 from consent.purpose import BREAK_GLASS_CODES
 from consent.store import ConsentStore
@@ -35,6 +35,8 @@ __all__ = ["ConsentGate"]
 
 logger = logging.getLogger("fhirwall.consent")
 Consents = dict[str, tuple[ConsentDirective, ...]]
+# what an unlabelled resource looks like to rules that never look at the resource
+_NEUTRAL_FACTS = facts_of({"resourceType": "Basic"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class ConsentGate:
             return body
         requester = await self._requester(principal)
         same_for_all = {p for p, directives in consents.items() if resource_independent(directives)}
+        if same_for_all == set(patients) and b'"security"' not in body:
+            return self._filter_by_patient(requester, body, consents, total_gone=total_gone)
         decided: dict[frozenset[str], bool] = {}
 
         def permitted(resource: dict[str, Any]) -> bool:
@@ -93,6 +97,26 @@ class ConsentGate:
 
         # totals are dropped: other pages may hold entries the consent withholds
         return filter_bundle(body, permitted, keep_total=False, seal_links=None).body
+
+    def _filter_by_patient(
+        self, requester: _Requester, body: bytes, consents: Consents, *, total_gone: bool
+    ) -> bytes:
+        """Nothing in the page is labelled and no rule looks at the resource: one decision per patient, and
+        entries are read only for their compartment references (slim)."""
+        permitted = {patient for patient in consents if self._permits_patient(requester, patient, consents)}
+        if total_gone and permitted == set(consents):
+            return body
+
+        def visible(resource: dict[str, Any]) -> bool:
+            return patient_references(resource) <= permitted
+
+        return filter_bundle(body, visible, keep_total=False, seal_links=None, slim=True).body
+
+    def _permits_patient(self, requester: _Requester, patient: str, consents: Consents) -> bool:
+        """The verdict for any unlabelled resource of ``patient`` (no rule looks at the resource)."""
+        if requester.principal.fhir_user == f"Patient/{patient}":
+            return True
+        return self._decide(requester, _NEUTRAL_FACTS, {patient}, consents, "Bundle entry").permitted
 
     def _nothing_to_withhold(
         self, principal: Principal, consents: Consents, body: bytes, *, total_gone: bool = False
@@ -144,7 +168,17 @@ class ConsentGate:
         patients = {p for p in patient_references(resource) if principal.fhir_user != f"Patient/{p}"}
         if not patients:
             return None
-        facts = facts_of(resource)
+        return self._decide(requester, facts_of(resource), patients, consents, resource.get("resourceType"))
+
+    def _decide(
+        self,
+        requester: _Requester,
+        facts: ResourceFacts,
+        patients: set[str],
+        consents: Consents,
+        resource_type: Any,
+    ) -> ConsentVerdict:
+        """Every patient's Consents must permit (the first denial decides); break-glass is logged."""
         verdicts = [
             evaluate(
                 consents[patient],
@@ -158,11 +192,12 @@ class ConsentGate:
         ]
         chosen = next((verdict for verdict in verdicts if not verdict.permitted), verdicts[0])
         if chosen.permitted and chosen.basis == "break-glass":
+            principal = requester.principal
             logger.warning(
                 "BREAK-GLASS access: client=%s subject=%s type=%s reasons=%s",
                 principal.client_id,
                 principal.binding[:12],
-                resource.get("resourceType"),
+                resource_type,
                 "; ".join(chosen.reasons),
             )
         return chosen

@@ -277,6 +277,7 @@ def seed_upstream(base_url: str, patient: Json, observations: list[Json]) -> str
     if status != 201 or not isinstance(created, dict) or "id" not in created:
         raise RuntimeError(f"seeding the Patient failed with HTTP {status}")
     patient_id = str(created["id"])
+    seed_consent(base_url, patient_id)
     prepared = seed_data.prepare_observations(observations, patient_id)
     status, _ = http_request("POST", base_url, seed_data.transaction_bundle(prepared))
     if not 200 <= status < 300:
@@ -286,6 +287,28 @@ def seed_upstream(base_url: str, patient: Json, observations: list[Json]) -> str
             if status != 201:
                 raise RuntimeError(f"seeding an Observation failed with HTTP {status}")
     return patient_id
+
+
+def seed_consent(base_url: str, patient_id: str) -> None:
+    """The patient's Consent: permit, except for one practitioner (not the benchmark's clinician)."""
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "provision": {
+            "type": "permit",
+            "provision": [{"type": "deny", "actor": [{"reference": {"reference": "Practitioner/refused"}}]}],
+        },
+    }
+    status, _ = http_request("POST", base_url + "/Consent", consent)
+    if status != 201:
+        raise RuntimeError(f"seeding the Consent failed with HTTP {status}")
 
 
 def check_seed(base_url: str, requests: list[BenchRequest]) -> None:
@@ -321,43 +344,42 @@ def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) ->
     rows.append(fhirwall_row("fhirwall", upstream_base, goals=(GOAL_MIN_RPS_RATIO, GOAL_MAX_P50_RATIO)))
     rows.append(policy_row(upstream_base, patient_id))
     rows.append(policy_row(upstream_base, patient_id, consent=True))
+    rows.append(clinician_row(upstream_base))
     return rows
 
 
 def policy_row(upstream_base: str, patient_id: str, consent: bool = False) -> Row:
     """fhirwall enforcing SMART scopes: a patient-app token (``patient/*.rs``) for the seeded patient; with
-    ``consent`` also the patient's Consents (none on file: the opt-out implicit policy, cached lookups)."""
+    ``consent`` also the patient's Consent (on file: a permit with an exception for another practitioner)."""
+    name = "fhirwall-consent" if consent else "fhirwall-policy"
+    goal = GOAL_CONSENT_MIN_RPS_RATIO if consent else GOAL_POLICY_MIN_RPS_RATIO
+    claims = {"client_id": "bench-app", "scope": "launch/patient patient/*.rs", "patient": patient_id}
+    return secured_row(name, upstream_base, goal, claims, consent=consent)
+
+
+def clinician_row(upstream_base: str) -> Row:
+    """fhirwall with consent, a clinician token (``user/*.rs``): the patient's Consent is evaluated."""
+    claims = {"client_id": "bench-ehr", "scope": "user/*.rs", "fhirUser": "Practitioner/bench-doctor"}
+    return secured_row(
+        "fhirwall-consent-ehr", upstream_base, GOAL_CONSENT_MIN_RPS_RATIO, claims, consent=True
+    )
+
+
+def secured_row(name: str, upstream_base: str, goal: float, claims: Json, *, consent: bool) -> Row:
+    """A fhirwall row trusting a development issuer, with a token carrying ``claims``."""
     from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
 
     key_file = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "dev-key.pem"
-    name = "fhirwall-consent" if consent else "fhirwall-policy"
-    goal = GOAL_CONSENT_MIN_RPS_RATIO if consent else GOAL_POLICY_MIN_RPS_RATIO
     row = fhirwall_row(name, upstream_base, ["--allow-dev-issuer"], goals=(goal, None))
-    root = row.base_url.removesuffix("/fhir")
-    issuer = DevIssuer(load_or_create_key(key_file), f"{root}/_dev")
-    token = issuer.mint(
-        {
-            "sub": "bench",
-            "client_id": "bench-app",
-            "scope": "launch/patient patient/*.rs",
-            "patient": patient_id,
-        },
-        audience=row.base_url,
-        lifetime=6 * 3600,
-    )
+    issuer = DevIssuer(load_or_create_key(key_file), row.base_url.removesuffix("/fhir") + "/_dev")
+    token = issuer.mint({"sub": "bench", **claims}, audience=row.base_url, lifetime=6 * 3600)
     env = {
         "FHIRWALL_AUTH__DEV_ISSUER__KEY_FILE": str(key_file),
         "FHIRWALL_AUTH__DEV_ISSUER__ISSUER": issuer.issuer,
         "FHIRWALL_CONSENT__ENABLED": "true" if consent else "false",
     }
-    return Row(
-        row.name,
-        row.command,
-        row.base_url,
-        headers={"Authorization": f"Bearer {token}"},
-        env=env,
-        min_rps_ratio=row.min_rps_ratio,
-    )
+    headers = {"Authorization": f"Bearer {token}"}
+    return Row(row.name, row.command, row.base_url, headers=headers, env=env, min_rps_ratio=row.min_rps_ratio)
 
 
 def _split(command_line: str) -> list[str]:
