@@ -121,14 +121,28 @@ def patient_id_of_reference(reference: str) -> str | None:
     )
 
 
-def _referenced_patients(resource: Mapping[str, Any], params: tuple[_CompartmentParam, ...]) -> set[str]:
+def _referenced_patients(resource: Mapping[str, Any], resource_type: str) -> set[str]:
     found: set[str] = set()
-    for param in params:
-        for value in values_at(resource, param.paths):
+    for element, nested in _PATHS_BY_TYPE.get(resource_type, ()):
+        node = resource.get(element)
+        if node is None:
+            continue
+        values = (
+            (node if isinstance(node, list) else (node,)) if nested is None else values_at(resource, nested)
+        )
+        for value in values:
             reference = value.get("reference") if isinstance(value, dict) else None
-            if isinstance(reference, str) and (patient_id := patient_id_of_reference(reference)) is not None:
+            if isinstance(reference, str) and (patient_id := _patient_id(reference)) is not None:
                 found.add(patient_id)
     return found
+
+
+def _patient_id(reference: str) -> str | None:
+    """``patient_id_of_reference`` with a quick path for the common ``Patient/<id>``."""
+    if reference.startswith("Patient/") and reference.count("/") == 1:
+        candidate = reference[8:]
+        return candidate if is_valid_id(candidate) else None
+    return patient_id_of_reference(reference)
 
 
 def patient_references(resource: Mapping[str, Any]) -> set[str]:
@@ -136,7 +150,7 @@ def patient_references(resource: Mapping[str, Any]) -> set[str]:
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         return set()
-    found = _referenced_patients(resource, _PATIENT_PARAMS.get(resource_type, ()))
+    found = _referenced_patients(resource, resource_type)
     own_id = resource.get("id")
     if resource_type == "Patient" and isinstance(own_id, str) and is_valid_id(own_id):
         found.add(own_id)

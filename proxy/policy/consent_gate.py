@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from consent.errors import ConsentDeniedError
@@ -27,6 +29,7 @@ from consent.store import ConsentStore
 from proxy.auth.principal import Principal, claim_at
 from proxy.errors import NotFoundError
 from proxy.fhir.compartment import patient_id_of_reference, patient_references
+from proxy.fhir.slim import decode_slim_entries, slim_mapping
 from proxy.policy.actors import ActorResolver
 from proxy.policy.filtering import filter_bundle
 from proxy.settings import ConsentSettings
@@ -35,8 +38,10 @@ __all__ = ["ConsentGate"]
 
 logger = logging.getLogger("fhirwall.consent")
 Consents = dict[str, tuple[ConsentDirective, ...]]
+_RAW_BUNDLE = msgspec.json.Decoder(dict[str, msgspec.Raw])
 # what an unlabelled resource looks like to rules that never look at the resource
 _NEUTRAL_FACTS = facts_of({"resourceType": "Basic"})
+_VERDICT_SECONDS = 1.0  # how long a per-patient decision is reused (Consent periods are checked that often)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,17 @@ class _Requester:
     context: AccessContext
     implicit: ImplicitPolicy
     break_glass: BreakGlass | None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Everything about the requester a decision depends on, except the time."""
+        return (
+            self.context.actors,
+            self.context.purposes,
+            self.context.action,
+            self.implicit,
+            self.break_glass,
+        )
 
 
 class ConsentGate:
@@ -57,6 +73,7 @@ class ConsentGate:
         self.store = store
         self.actors = actors
         self.hide_existence = hide_existence
+        self._recent: dict[tuple[str, int, tuple[Any, ...]], tuple[float, Any, bool]] = {}
 
     async def check_resource(self, principal: Principal, body: bytes) -> None:
         """Raise when the patients' consent does not permit returning the resource in ``body``."""
@@ -64,11 +81,22 @@ class ConsentGate:
         consents = await self._consents_for(patient_references(resource))
         if self._nothing_to_withhold(principal, consents, body, total_gone=True):  # one resource: no total
             return
-        verdict = self._verdict(await self._requester(principal), resource, consents)
+        requester = await self._requester(principal)
+        if not _labelled(resource) and all(
+            resource_independent(directives) for directives in consents.values()
+        ):
+            if all(self._permits_patient(requester, patient, consents) for patient in consents):
+                return
+            self._refuse(None)
+        verdict = self._verdict(requester, resource, consents)
         if verdict is not None and not verdict.permitted:
-            if self.hide_existence:
-                raise NotFoundError()
-            raise ConsentDeniedError("; ".join(verdict.reasons) or None)
+            self._refuse(verdict)
+
+    def _refuse(self, verdict: ConsentVerdict | None) -> None:
+        if self.hide_existence:
+            raise NotFoundError()
+        reasons = "; ".join(verdict.reasons) if verdict is not None else ""
+        raise ConsentDeniedError(reasons or None)
 
     async def filter_body(self, principal: Principal, body: bytes, patients: set[str] | None = None) -> bytes:
         """A Bundle without the entries whose patients' consent does not permit them (totals removed).
@@ -77,7 +105,7 @@ class ConsentGate:
         if patients is not None and all(principal.fhir_user == f"Patient/{p}" for p in patients):
             return body  # patients reading their own record (see _verdict)
         if patients is None:
-            patients = _patients_in(orjson.loads(body))
+            patients = _patients_of_entries(body)
         consents = await self._consents_for(patients)
         if self._nothing_to_withhold(principal, consents, body, total_gone=total_gone):
             return body
@@ -104,8 +132,8 @@ class ConsentGate:
         """Nothing in the page is labelled and no rule looks at the resource: one decision per patient, and
         entries are read only for their compartment references (slim)."""
         permitted = {patient for patient in consents if self._permits_patient(requester, patient, consents)}
-        if total_gone and permitted == set(consents):
-            return body
+        if permitted == set(consents):  # nothing to drop
+            return body if total_gone else _without_total(body)
 
         def visible(resource: dict[str, Any]) -> bool:
             return patient_references(resource) <= permitted
@@ -113,10 +141,20 @@ class ConsentGate:
         return filter_bundle(body, visible, keep_total=False, seal_links=None, slim=True).body
 
     def _permits_patient(self, requester: _Requester, patient: str, consents: Consents) -> bool:
-        """The verdict for any unlabelled resource of ``patient`` (no rule looks at the resource)."""
+        """The verdict for any unlabelled resource of ``patient`` (no rule looks at the resource), reused
+        for up to a second for the same Consents and requester facts (bursts of requests from one app)."""
         if requester.principal.fhir_user == f"Patient/{patient}":
             return True
-        return self._decide(requester, _NEUTRAL_FACTS, {patient}, consents, "Bundle entry").permitted
+        key = (patient, id(consents[patient]), requester.key)
+        now = time.monotonic()
+        remembered = self._recent.get(key)
+        if remembered is not None and remembered[0] > now and remembered[1] is consents[patient]:
+            return remembered[2]
+        permitted = self._decide(requester, _NEUTRAL_FACTS, {patient}, consents, "resource").permitted
+        if len(self._recent) > 10_000:
+            self._recent.clear()
+        self._recent[key] = (now + _VERDICT_SECONDS, consents[patient], permitted)
+        return permitted
 
     def _nothing_to_withhold(
         self, principal: Principal, consents: Consents, body: bytes, *, total_gone: bool = False
@@ -253,6 +291,31 @@ def _consent_patients(resource: dict[str, Any]) -> set[str]:
         and isinstance(resource[key].get("reference"), str)
         and (patient_id := patient_id_of_reference(resource[key]["reference"])) is not None
     }
+
+
+def _without_total(body: bytes) -> bytes:
+    """The Bundle without ``total`` (other pages may hold entries the consent withholds)."""
+    members = _RAW_BUNDLE.decode(body)
+    if "total" not in members:
+        return body
+    del members["total"]
+    return msgspec.json.encode(members)
+
+
+def _patients_of_entries(body: bytes) -> set[str]:
+    """The patients of a Bundle's entries, read with the slim decoder (nested Bundles: a full parse)."""
+    entries = _RAW_BUNDLE.decode(body).get("entry")
+    if entries is None:
+        return set()
+    found: set[str] = set()
+    for entry in decode_slim_entries(memoryview(entries)):
+        resource = entry.resource
+        if resource is None:
+            continue
+        if resource.resourceType == "Bundle":
+            return _patients_in(orjson.loads(body))
+        found |= patient_references(slim_mapping(resource))
+    return found
 
 
 def _patients_in(document: Any) -> set[str]:
