@@ -14,7 +14,7 @@ exactly (``Patient/12`` is not ``Patient/123``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -121,8 +121,9 @@ def patient_id_of_reference(reference: str) -> str | None:
     )
 
 
-def _referenced_patients(resource: Mapping[str, Any], resource_type: str) -> set[str]:
-    found: set[str] = set()
+def _compartment_references(resource: Mapping[str, Any], resource_type: str) -> Iterator[str]:
+    """Every ``Reference.reference`` string at the type's compartment paths (plain top-level elements are
+    read directly; nested paths are walked)."""
     for element, nested in _PATHS_BY_TYPE.get(resource_type, ()):
         node = resource.get(element)
         if node is None:
@@ -132,9 +133,8 @@ def _referenced_patients(resource: Mapping[str, Any], resource_type: str) -> set
         )
         for value in values:
             reference = value.get("reference") if isinstance(value, dict) else None
-            if isinstance(reference, str) and (patient_id := _patient_id(reference)) is not None:
-                found.add(patient_id)
-    return found
+            if isinstance(reference, str):
+                yield reference
 
 
 def _patient_id(reference: str) -> str | None:
@@ -150,7 +150,11 @@ def patient_references(resource: Mapping[str, Any]) -> set[str]:
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         return set()
-    found = _referenced_patients(resource, resource_type)
+    found = {
+        patient_id
+        for reference in _compartment_references(resource, resource_type)
+        if (patient_id := _patient_id(reference)) is not None
+    }
     own_id = resource.get("id")
     if resource_type == "Patient" and isinstance(own_id, str) and is_valid_id(own_id):
         found.add(own_id)
@@ -164,19 +168,10 @@ def in_patient_compartment(resource: Mapping[str, Any], patient_id: str) -> bool
     resource_type = resource.get("resourceType")
     if resource_type == "Patient" and resource.get("id") == patient_id and is_valid_id(patient_id):
         return True
+    if not isinstance(resource_type, str):
+        return False
     relative = "Patient/" + patient_id
-    paths = _PATHS_BY_TYPE.get(resource_type, ()) if isinstance(resource_type, str) else ()
-    for element, nested in paths:
-        node = resource.get(element)
-        if node is None:
-            continue
-        values = (
-            (node if isinstance(node, list) else (node,)) if nested is None else values_at(resource, nested)
-        )
-        for value in values:
-            reference = value.get("reference") if isinstance(value, dict) else None
-            if not isinstance(reference, str) or patient_id not in reference:
-                continue
-            if reference == relative or patient_id_of_reference(reference) == patient_id:
-                return True
+    for reference in _compartment_references(resource, resource_type):
+        if patient_id in reference and (reference == relative or _patient_id(reference) == patient_id):
+            return True
     return False

@@ -88,6 +88,12 @@ def consent(
     }
 
 
+def refuse_practitioner(upstream: SeededUpstream, patient: str, practitioner: str) -> None:
+    """The patient's Consent: permit, except for ``practitioner``."""
+    refused = {"type": "deny", "actor": [{"reference": {"reference": practitioner}}]}
+    create(upstream, consent(patient, "permit", nested=[refused]))
+
+
 @dataclass
 class ConsentSetup:
     upstream: SeededUpstream
@@ -157,14 +163,7 @@ def test_no_consent_uses_the_implicit_policy_and_withholds_sensitive_data(setup:
 
 def test_a_patient_who_denies_one_practitioner(setup: ConsentSetup) -> None:
     person = new_person(setup.upstream)
-    create(
-        setup.upstream,
-        consent(
-            person.patient,
-            "permit",
-            nested=[{"type": "deny", "actor": [{"reference": {"reference": "Practitioner/doc-denied"}}]}],
-        ),
-    )
+    refuse_practitioner(setup.upstream, person.patient, "Practitioner/doc-denied")
     assert setup.get(f"/Observation/{person.observation}", "Practitioner/doc-ok").status_code == 200
     denied = setup.get(f"/Observation/{person.observation}", "Practitioner/doc-denied")
     assert denied.status_code == 404
@@ -342,14 +341,7 @@ def test_care_team_and_organisation_actors_are_resolved_from_the_server(setup: C
 
 def test_searches_decide_once_per_patient_but_labelled_data_is_still_checked(setup: ConsentSetup) -> None:
     person = new_person(setup.upstream)
-    create(
-        setup.upstream,
-        consent(
-            person.patient,
-            "permit",
-            nested=[{"type": "deny", "actor": [{"reference": {"reference": "Practitioner/doc-denied"}}]}],
-        ),
-    )
+    refuse_practitioner(setup.upstream, person.patient, "Practitioner/doc-denied")
     allowed = setup.get(f"/Observation?patient={person.patient}", "Practitioner/doc-ok")
     assert ids(allowed) == {person.observation}  # the PSY-labelled one still needs an explicit permit
     denied = setup.get(f"/Observation?patient={person.patient}", "Practitioner/doc-denied")
