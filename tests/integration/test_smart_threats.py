@@ -436,7 +436,9 @@ def test_14_type_and_id_tricks(smart: SmartSetup, upstream: SeededUpstream, path
         while chunk := sock.recv(65536):
             data += chunk
     assert data.split(b" ", 2)[1] in (b"400", b"404")
-    assert smart.patient_b.encode() not in data.split(b"\r\n\r\n", 1)[1] or b"OperationOutcome" in data
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert b"OperationOutcome" in body
+    assert smart.patient_b.encode() not in body  # diagnostics never echo request values
 
 
 # 15. token weaknesses ----------------------------------------------------------------------------------
