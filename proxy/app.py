@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> Starlette:
         state.sealer,
         state.discovery,
         state.consent_gate,
+        state.masking,
     )
 
     @asynccontextmanager

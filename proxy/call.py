@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from masking.compiler import CompiledProfile
 from proxy.body import RawBodyStream
 from proxy.fhir.request import FhirRequest
 from proxy.policy.access import AccessView
@@ -30,3 +31,4 @@ class ProxyCall:
     view: AccessView | None = None
     decision: AccessDecision | None = None
     header_overrides: dict[str, str] = field(default_factory=dict)
+    masking: CompiledProfile | None = None

@@ -1,4 +1,5 @@
-"""The ``fhirwall`` command: serve, demo, check-config, config-schema."""
+"""The ``fhirwall`` command: serve, demo, check-config, config-schema, token, mask,
+import-anonymizer-config."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
+from proxy.cli_masking import add_masking_commands
 from proxy.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--key-file", type=Path, default=Path(".fhirwall-dev/issuer-key.pem"))
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
     token.set_defaults(handler=_token)
+    add_masking_commands(commands)
     return parser
 
 

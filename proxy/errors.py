@@ -5,6 +5,7 @@ Every error a client can see is a ``ProxyError``; each class carries its HTTP st
 enter (``raise UpstreamTimeoutError(...) from exc``), never passed through.
 
     ProxyError                       500 exception
+    ├── MaskingFailedError           500 exception  (the answer could not be masked; it is withheld)
     ├── InvalidRequestError          400 invalid
     │   ├── MalformedJsonError       400 structure
     │   ├── InvalidPathError         400 invalid
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidUpstreamResponseError",
     "IssuerUnavailableError",
     "MalformedJsonError",
+    "MaskingFailedError",
     "MethodNotAllowedError",
     "NotAcceptableError",
     "NotFoundError",
@@ -79,6 +81,13 @@ class ProxyError(Exception):
         """This error as an OperationOutcome resource (a plain dict)."""
         issue = {"severity": self.severity, "code": self.issue_code, "diagnostics": self.message}
         return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+class MaskingFailedError(ProxyError):
+    """The answer could not be masked with the selected profile; it is withheld, never sent unmasked."""
+
+    def __init__(self, profile: str) -> None:
+        super().__init__(f"the answer could not be masked with profile {profile!r} and was withheld")
 
 
 class InvalidRequestError(ProxyError):

@@ -31,6 +31,7 @@ from proxy.errors import (
     InvalidRequestError,
     InvalidUpstreamResponseError,
     MethodNotAllowedError,
+    NotAcceptableError,
     NotFoundError,
     PayloadTooLargeError,
     ProxyError,
@@ -49,6 +50,7 @@ from proxy.fhir.media import (
 from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query
 from proxy.fhir.urls import BaseUrlRewriter, to_upstream
 from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
+from proxy.masking import MaskingPolicy
 from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
 from proxy.policy.consent_gate import ConsentGate
@@ -81,6 +83,7 @@ class FhirEndpoint:
         sealer: PageSealer | None = None,
         discovery: SmartDiscovery | None = None,
         consent_gate: ConsentGate | None = None,
+        masking: MaskingPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -89,6 +92,7 @@ class FhirEndpoint:
         self.sealer = sealer or PageSealer(load_paging_key(None))
         self.discovery = discovery
         self.consent_gate = consent_gate
+        self.masking = masking
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -120,6 +124,7 @@ class FhirEndpoint:
         if call.request.interaction is Interaction.PAGE:
             return await self._page(call)
         upstream = self._route(call)
+        self._select_masking(call, upstream)
         if call.view is not None:
             await authorize(call, upstream, self._fetch_current)
         if call.raw_response or call.raw_body is not None:
@@ -208,6 +213,17 @@ class FhirEndpoint:
             return self.router.for_types(entry.resource_type for entry in entries)
         return self.router.for_type(request.resource_type)
 
+    def _select_masking(self, call: ProxyCall, upstream: Upstream) -> None:
+        """Pick the masking profile; raw Binary content cannot be masked, so it is not served under one."""
+        if self.masking is None:
+            return
+        principal = call.view.principal if call.view is not None else None
+        call.masking = self.masking.select(principal, upstream.name, call.headers)
+        if call.masking is not None and call.raw_response:
+            raise NotAcceptableError(
+                "raw Binary content cannot be masked; ask for application/fhir+json to receive it masked"
+            )
+
     def _upstream_headers(self, call: ProxyCall, content_type: str | None) -> dict[str, str]:
         headers = forwardable_request_headers(call.headers)
         headers.update(call.header_overrides)
@@ -245,7 +261,7 @@ class FhirEndpoint:
             if call.raw_body is not None and call.raw_body.exceeded:
                 raise PayloadTooLargeError() from None
             raise
-        if media_type(stream.content_type) in FHIR_JSON_TYPES or stream.status >= 400:
+        if media_type(stream.content_type) in FHIR_JSON_TYPES or stream.status >= 400 or call.masking:
             payload = await stream.read(self._limits.max_upstream_body_bytes)
             answer = BufferedResponse(stream.status, stream.headers, stream.content_type, payload)
             return await self._json_response(call, answer, upstream)
@@ -281,6 +297,9 @@ class FhirEndpoint:
                 # an error or redirect answer carries an OperationOutcome, never data that was not checked
                 raise InvalidUpstreamResponseError(f"the upstream answered {answer.status} with a resource")
             body = answer.body
+        if call.masking is not None:
+            assert self.masking is not None
+            body = self.masking.mask_body(call.masking, body).body
         return fhir_response(answer.status, self.rewriter.to_public(body, call.public_base), headers)
 
     def _checked_body(
@@ -340,6 +359,7 @@ class FhirEndpoint:
         if relation not in location.paths:
             raise InvalidRequestError("the paging link names no page of this result")
         upstream = self.router.by_name(location.upstream)
+        self._select_masking(call, upstream)
         call.relative_path, _, call.query = location.paths[relation].partition("?")
         call.request = replace(call.request, resource_type=location.resource_type)
         call.decision = AccessDecision(response=ResponseCheck.BUNDLE, total_is_exact=location.total_is_exact)

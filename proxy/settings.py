@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from masking.keys import KeySource
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
@@ -26,6 +27,9 @@ __all__ = [
     "IntrospectionSettings",
     "IssuerSettings",
     "LimitsSettings",
+    "MaskingProfileSource",
+    "MaskingSelection",
+    "MaskingSettings",
     "PolicySettings",
     "RedisSettings",
     "ServerSettings",
@@ -435,6 +439,87 @@ class ConsentSettings(_Model):
     break_glass: BreakGlassSettings = Field(default_factory=BreakGlassSettings)
 
 
+class MaskingProfileSource(_Model):
+    """Where a masking profile comes from: a built-in one or a YAML file."""
+
+    builtin: str | None = Field(None, description="A built-in profile (safe-harbor, limited-data-set, ...).")
+    file: Path | None = Field(None, description="A profile YAML file.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MaskingProfileSource:
+        if (self.builtin is None) == (self.file is None):
+            raise ValueError("give exactly one of builtin, file")
+        _existing_file(self.file)
+        return self
+
+
+class MaskingSelection(_Model):
+    """One selection rule: when every condition given holds, ``profile`` applies (first rule wins)."""
+
+    profile: str = Field(description="A profile name from masking.profiles, or none (no masking).")
+    client_id: list[str] | None = Field(None, description="The token's client_id is one of these.")
+    scope: list[str] | None = Field(None, description="The token grants one of these scopes (exact text).")
+    role: list[str] | None = Field(None, description="The token carries one of these roles.")
+    purpose_of_use: list[str] | None = Field(None, description="The token's purpose of use is one of these.")
+    route: list[str] | None = Field(None, description="The request goes to one of these upstreams (by name).")
+    header: list[str] | None = Field(
+        None, description="The request header masking.profile_header holds one of these values."
+    )
+
+
+class ReidentificationSettings(_Model):
+    """Who may reverse native reversible pseudonyms (``POST [base]/$reidentify``); every call is audited."""
+
+    roles: list[str] = Field(default_factory=list, description="Token roles allowed to re-identify.")
+    clients: list[str] = Field(
+        default_factory=list, description="client_ids allowed to re-identify (with one of the roles)."
+    )
+
+
+class MaskingSettings(_Model):
+    """Masking profiles and how the proxy picks one per request."""
+
+    profiles: dict[str, MaskingProfileSource] = Field(
+        default_factory=dict, description="Profiles by name (the name used in selection rules)."
+    )
+    keys: dict[str, KeySource] = Field(
+        default_factory=dict, description="Named keys the profiles refer to (env, file or inline value)."
+    )
+    default_profile: str | None = Field(
+        None, description="Profile used when no selection rule matches; none = no masking (must be explicit)."
+    )
+    selection: list[MaskingSelection] = Field(default_factory=list, description="Ordered selection rules.")
+    profile_header: str | None = Field(
+        None, description="Request header a client may use to ask for a profile (only values rules allow)."
+    )
+    reidentification: ReidentificationSettings = Field(default_factory=ReidentificationSettings)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether masking is configured at all."""
+        return bool(self.profiles)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> MaskingSettings:
+        if not self.profiles:
+            if self.selection or self.default_profile is not None:
+                raise ValueError(
+                    "masking.selection/default_profile name profiles but masking.profiles is empty"
+                )
+            return self
+        if self.default_profile is None:
+            raise ValueError(
+                "masking.default_profile is required when profiles are configured (a name, or none)"
+            )
+        known = set(self.profiles) | {"none"}
+        unknown = sorted({self.default_profile, *(rule.profile for rule in self.selection)} - known)
+        if unknown:
+            raise ValueError(f"unknown masking profiles {unknown}; configured: {sorted(self.profiles)}")
+        if any(rule.header for rule in self.selection) and not self.profile_header:
+            raise ValueError("a selection rule uses header but masking.profile_header is not set")
+        return self
+
+
 class RedisSettings(_Model):
     """Shared state for several replicas (optional)."""
 
@@ -460,6 +545,7 @@ class Settings(_Model):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     consent: ConsentSettings = Field(default_factory=ConsentSettings)
+    masking: MaskingSettings = Field(default_factory=MaskingSettings)
 
     @model_validator(mode="after")
     def _check_consent(self) -> Settings:
@@ -479,6 +565,20 @@ class Settings(_Model):
             )
         if self.auth.mode == "smart" and not self.auth.configured:
             raise ValueError("auth.mode is smart but no issuers, introspection or dev issuer are configured")
+        return self
+
+    @model_validator(mode="after")
+    def _check_masking(self) -> Settings:
+        masking = self.masking
+        names = {upstream.name for upstream in self.upstreams}
+        unknown = sorted({r for rule in masking.selection for r in rule.route or ()} - names)
+        if unknown:
+            raise ValueError(f"masking.selection names unknown upstreams {unknown}")
+        needs_token = any(
+            rule.client_id or rule.scope or rule.role or rule.purpose_of_use for rule in masking.selection
+        ) or bool(masking.reidentification.roles)
+        if needs_token and not self.auth.enforced:
+            raise ValueError("masking selection by token (client, scope, role, purpose) needs authentication")
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
 from proxy.auth.discovery import SmartDiscovery
 from proxy.fhir.urls import BaseUrlRewriter
+from proxy.masking import MaskingPolicy
 from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
@@ -52,6 +53,7 @@ class ProxyState:
     redis: aioredis.Redis | None = field(init=False, default=None)
     consent_cache: ConsentCache | None = field(init=False, default=None)
     consent_gate: ConsentGate | None = field(init=False, default=None)
+    masking: MaskingPolicy | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -63,6 +65,8 @@ class ProxyState:
             self.redis = aioredis.Redis.from_url(
                 settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0
             )
+        if settings.masking.enabled:
+            self.masking = MaskingPolicy.from_settings(settings.masking)
         if settings.consent.enabled:
             self._build_consent_gate()
         if settings.auth.dev_issuer.enabled:

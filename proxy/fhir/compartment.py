@@ -28,6 +28,7 @@ from proxy.fhir.search_params import ALL_TARGETS, ANY_TARGET, values_at
 __all__ = [
     "PATIENT_COMPARTMENT_TYPES",
     "compartment_params",
+    "compartment_references",
     "compartment_root_elements",
     "compartment_search_params",
     "in_patient_compartment",
@@ -135,6 +136,14 @@ def _compartment_references(resource: Mapping[str, Any], resource_type: str) -> 
             reference = value.get("reference") if isinstance(value, dict) else None
             if isinstance(reference, str):
                 yield reference
+
+
+def compartment_references(resource: Mapping[str, Any]) -> Iterator[str]:
+    """Every reference string at the compartment paths of ``resource``'s type, as written (``urn:uuid:``
+    and contained references included); callers decide which of them name a patient."""
+    resource_type = resource.get("resourceType")
+    if isinstance(resource_type, str):
+        yield from _compartment_references(resource, resource_type)
 
 
 def _patient_id(reference: str) -> str | None:

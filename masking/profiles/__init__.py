@@ -1,0 +1,1 @@
+"""Built-in masking profiles (YAML), loaded by ``masking.builtin``."""

@@ -1,0 +1,129 @@
+"""Rule paths parsed into selectors: fast anchored paths where possible, compiled FHIRPath otherwise.
+
+A fast selector is an *anchor* followed by plain element names:
+
+- ``Patient.address.city``, ``Resource.id`` -- anchored at the root of resources of that type
+  (``Resource``/``DomainResource``: every resource);
+- ``nodesByType('HumanName')``, ``nodesByType('date').extension`` -- anchored at every node of that FHIR type;
+- ``nodesByName('postalCode')`` -- anchored at every element of that name.
+
+Type and name anchors match at any depth, inside extensions too, but never inside a contained or Bundle entry
+resource (those get their own pass with their own type's rules). Anything else (``where()``, ``as``,
+indexers, functions) is compiled once with fhirpathpy and evaluated per resource; such a path must start with
+a resource type (or ``Resource``) so it is only run where it can match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fhirpathpy import compile as compile_fhirpath
+from fhirpathpy.models import models as fhirpath_models
+
+from masking import fhir_types
+
+__all__ = ["AnyResource", "FastSelector", "FhirPathSelector", "Selector", "SelectorError", "parse_selector"]
+
+AnyResource = frozenset({"Resource", "DomainResource"})
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_ANCHOR_FN = re.compile(rf"^nodesBy(Type|Name)\(\s*'({_IDENT})'\s*\)((?:\.{_IDENT})*)$")
+_PLAIN = re.compile(rf"^({_IDENT})((?:\.{_IDENT})*)$")
+_LEADING_TYPE = re.compile(r"^([A-Z][A-Za-z]*)\b")
+
+
+class SelectorError(ValueError):
+    """The path cannot be used as a rule path."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastSelector:
+    """An anchor plus plain element names (FHIRPath names: ``value``, not ``valueQuantity``)."""
+
+    anchor: Literal["root", "type", "name"]
+    target: str
+    steps: tuple[str, ...]
+
+    def roots(self, resource_type: str) -> bool:
+        """Whether a root anchor applies to resources of ``resource_type``."""
+        return self.anchor == "root" and (self.target in AnyResource or self.target == resource_type)
+
+
+@dataclass(frozen=True, slots=True)
+class FhirPathSelector:
+    """A general FHIRPath expression, compiled once, evaluated on resources of ``resource_type``."""
+
+    expression: str
+    resource_type: str
+    evaluate: Callable[..., list[Any]]
+
+    def applies_to(self, resource_type: str) -> bool:
+        """Whether the expression is run on resources of ``resource_type``."""
+        return self.resource_type in AnyResource or self.resource_type == resource_type
+
+
+Selector = FastSelector | FhirPathSelector
+
+
+def parse_selector(path: str) -> Selector:
+    """Parse one rule path; ``SelectorError`` explains what is wrong with it."""
+    text = path.strip()
+    if not text:
+        raise SelectorError("empty path")
+    anchored = _ANCHOR_FN.match(text)
+    if anchored:
+        return _anchored(anchored.group(1), anchored.group(2), _steps(anchored.group(3)))
+    plain = _PLAIN.match(text)
+    if plain and _is_resource_root(plain.group(1)):
+        return _rooted(plain.group(1), _steps(plain.group(2)))
+    return _fhirpath(text)
+
+
+def _steps(dotted: str) -> tuple[str, ...]:
+    return tuple(step for step in dotted.split(".") if step)
+
+
+def _is_resource_root(name: str) -> bool:
+    return name in AnyResource or fhir_types.is_resource_type(name)
+
+
+def _anchored(kind: str, target: str, steps: tuple[str, ...]) -> FastSelector:
+    if kind == "Type":
+        if target not in fhir_types.fhir_types():
+            raise SelectorError(f"nodesByType: unknown FHIR type {target!r}")
+        return FastSelector("type", target, steps)
+    return FastSelector("name", target, steps)
+
+
+def _rooted(root: str, steps: tuple[str, ...]) -> FastSelector:
+    if root not in AnyResource:
+        _check_steps(root, steps)
+    return FastSelector("root", root, steps)
+
+
+def _check_steps(type_name: str, steps: tuple[str, ...]) -> None:
+    current = {type_name}
+    for depth, step in enumerate(steps):
+        found = {info.type_name for name in current for info in fhir_types.fhirpath_children(name, step)}
+        if not found:
+            where = ".".join((type_name, *steps[:depth]))
+            raise SelectorError(f"{where} has no element {step!r}")
+        current = found
+
+
+def _fhirpath(text: str) -> FhirPathSelector:
+    leading = _LEADING_TYPE.match(text)
+    if not leading or not _is_resource_root(leading.group(1)):
+        raise SelectorError(
+            "a FHIRPath rule must start with a resource type or Resource "
+            "(nodesByType/nodesByName may only be followed by plain element names)"
+        )
+    try:
+        compiled = compile_fhirpath(text, model=fhirpath_models["r4"], options={"returnRawData": True})
+        root = leading.group(1)
+        compiled({"resourceType": "Patient" if root in AnyResource else root})  # arity/function errors
+    except Exception as exc:  # fhirpathpy raises bare exceptions for syntax errors
+        raise SelectorError(f"invalid FHIRPath: {exc}") from None
+    return FhirPathSelector(text, leading.group(1), compiled)

@@ -1,0 +1,129 @@
+"""Masking in the proxy: profiles compiled at start-up, one picked per request, applied to every answer.
+
+``MaskingPolicy.from_settings`` loads and compiles every configured profile (built-in or file) with the
+configured keys; every problem of every profile is reported at once as a ``ConfigError``. ``select`` walks the
+ordered selection rules (client, scope, role, purpose of use, upstream route, an allowed request header) and
+falls back to the default profile; ``none`` means no masking and is only ever chosen explicitly.
+``mask_body`` masks a JSON answer (any resource, Bundles of every kind included) and never returns the
+unmasked body: a failure raises ``MaskingFailedError`` (500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from masking.builtin import load_builtin_profile
+from masking.compiler import CompiledProfile, compile_profile
+from masking.engine import MaskingError, MaskStats
+from masking.keys import resolve_keys
+from masking.profile import Profile, ProfileError, load_profile
+from proxy.auth.principal import Principal
+from proxy.errors import MaskingFailedError
+from proxy.settings import ConfigError, MaskingSelection, MaskingSettings
+
+__all__ = ["MaskedBody", "MaskingPolicy"]
+
+NO_MASKING = "none"
+
+
+class MaskedBody:
+    """A masked answer and what masking did (for the audit trail)."""
+
+    __slots__ = ("body", "profile", "stats")
+
+    def __init__(self, body: bytes, profile: str, stats: MaskStats) -> None:
+        self.body = body
+        self.profile = profile
+        self.stats = stats
+
+
+class MaskingPolicy:
+    """The compiled profiles and the rules choosing one per request."""
+
+    def __init__(self, settings: MaskingSettings, profiles: Mapping[str, CompiledProfile]) -> None:
+        self._settings = settings
+        self._profiles = dict(profiles)
+        self._header = settings.profile_header.lower() if settings.profile_header else None
+
+    @classmethod
+    def from_settings(
+        cls, settings: MaskingSettings, environ: Mapping[str, str] | None = None
+    ) -> MaskingPolicy:
+        """Compile every configured profile; ``ConfigError`` lists every problem of every profile."""
+        problems: list[tuple[str, str]] = []
+        keys, key_problems = resolve_keys(settings.keys, environ)
+        problems += [(f"masking.keys.{name}", message) for name, message in key_problems]
+        compiled: dict[str, CompiledProfile] = {}
+        for name, source in settings.profiles.items():
+            where = f"masking.profiles.{name}"
+            try:
+                profile = _load(source.builtin, source.file)
+                compiled[name] = compile_profile(profile, keys, environ=environ, source=where)
+            except ProfileError as error:
+                problems += [
+                    (f"{where}: {path}" if path != "(file)" else where, msg) for path, msg in error.problems
+                ]
+            except KeyError as error:
+                problems.append((f"{where}.builtin", str(error.args[0])))
+        if problems:
+            raise ConfigError(problems)
+        return cls(settings, compiled)
+
+    @property
+    def profiles(self) -> Mapping[str, CompiledProfile]:
+        """Compiled profiles by configured name."""
+        return self._profiles
+
+    def select(
+        self, principal: Principal | None, route: str, headers: Mapping[str, str]
+    ) -> CompiledProfile | None:
+        """The profile for this request (None only when the chosen name is ``none``)."""
+        requested = headers.get(self._header) if self._header else None
+        name = self._settings.default_profile or NO_MASKING
+        for rule in self._settings.selection:
+            if _matches(rule, principal, route, requested):
+                name = rule.profile
+                break
+        return None if name == NO_MASKING else self._profiles[name]
+
+    def mask_body(self, profile: CompiledProfile, body: bytes) -> MaskedBody:
+        """Mask a JSON answer; ``MaskingFailedError`` rather than ever returning it unmasked."""
+        stats = MaskStats()
+        try:
+            document = orjson.loads(body)
+            if not isinstance(document, dict):
+                raise MaskingError("the answer is not a JSON object")
+            masked = profile.mask(document, stats=stats)
+            if masked is None:
+                raise MaskingError("the resource could not be masked")
+            return MaskedBody(orjson.dumps(masked), profile.name, stats)
+        except (MaskingError, orjson.JSONDecodeError) as exc:
+            raise MaskingFailedError(profile.name) from exc
+
+
+def _load(builtin: str | None, file: Any) -> Profile:
+    if builtin is not None:
+        return load_builtin_profile(builtin)
+    return load_profile(file)
+
+
+def _matches(rule: MaskingSelection, principal: Principal | None, route: str, requested: str | None) -> bool:
+    """Every condition the rule gives holds (conditions on the token never hold without one)."""
+    if rule.route is not None and route not in rule.route:
+        return False
+    if rule.header is not None and requested not in rule.header:
+        return False
+    token_conditions = (rule.client_id, rule.scope, rule.role, rule.purpose_of_use)
+    if all(condition is None for condition in token_conditions):
+        return True
+    if principal is None:
+        return False
+    return (
+        (rule.client_id is None or principal.client_id in rule.client_id)
+        and (rule.scope is None or any(scope in rule.scope for scope in principal.scope_text.split()))
+        and (rule.role is None or not set(rule.role).isdisjoint(principal.roles))
+        and (rule.purpose_of_use is None or not set(rule.purpose_of_use).isdisjoint(principal.purpose_of_use))
+    )
