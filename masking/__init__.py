@@ -1,9 +1,9 @@
 """Profile-based masking and pseudonymization of FHIR resources, inline in the proxy and offline for files.
 
 A profile (YAML) is an ordered list of rules ``{path, method, settings}``; ``compile_profile``
-validates it and compiles it into per-type plans once; ``CompiledProfile.mask`` then masks a resource (Bundles included) in
-place. Methods implement ``MaskingMethod`` and are registered by name (``register_method``), built-ins and
-plug-ins alike.
+validates it and compiles it into per-type plans once; ``CompiledProfile.mask`` then masks a resource
+(Bundles included) in place. Methods implement ``MaskingMethod`` and are registered by name
+(``register_method``), built-ins and plug-ins alike.
 """
 
 from masking.builtin import builtin_profile_names, load_builtin_profile

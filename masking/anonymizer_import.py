@@ -95,7 +95,9 @@ class _Import:
                 self.warnings.append(f"{key}: not an anonymizer configuration key; ignored")
         version = data.get("fhirVersion")
         if version not in (None, "") and (not isinstance(version, str) or version.upper() != "R4"):
-            self.problems.append(f"fhirVersion: {version!r} is not supported: fhirwall masks FHIR R4 resources")
+            self.problems.append(
+                f"fhirVersion: {version!r} is not supported: fhirwall masks FHIR R4 resources"
+            )
         return self.processing_errors(data.get("processingErrors"))
 
     def processing_errors(self, value: Any) -> str:
@@ -106,8 +108,9 @@ class _Import:
             return text
         if text == "keep":
             self.problems.append(
-                "processingErrors: keep is refused: the anonymizer then passes a resource it failed to mask "
-                "through unmasked (fail-open). Use raise (fail the request or file) or skip (drop the resource)"
+                "processingErrors: keep is refused: the anonymizer then passes a resource it failed to "
+                "mask through unmasked (fail-open). Use raise (fail the request or file) or skip (drop "
+                "the resource)"
             )
         else:
             self.problems.append(f"processingErrors: {value!r} must be raise or skip")
@@ -143,8 +146,8 @@ class _Import:
         canonical = _METHOD_BY_LOWER.get(method.strip().lower())
         if canonical is None:
             self.warnings.append(
-                f"{where}.method: {method!r} is not an anonymizer method ({', '.join(MS_METHODS)}); copied as "
-                "written, so the profile will not compile until the rule is fixed or removed"
+                f"{where}.method: {method!r} is not an anonymizer method ({', '.join(MS_METHODS)}); "
+                "copied as written, so the profile will not compile until the rule is fixed or removed"
             )
             return method
         if canonical != method:
@@ -173,22 +176,23 @@ class _Import:
             if key not in _KNOWN_PARAMETERS:
                 self.warnings.append(f"parameters.{key}: not an anonymizer parameter; ignored")
         used = {rule["method"] for rule in rules}
-        parameters: dict[str, Any] = {}
         keys: dict[str, dict[str, str]] = {}
         fixed = self.fixed_offset(value.get("dateShiftFixedOffsetInDays"))
         date_shift: dict[str, Any] = {"scope": self.scope(value.get("dateShiftScope"))}
         if fixed is not None:
             date_shift["fixed_offset_days"] = fixed
+        parameters: dict[str, Any] = {"date_shift": date_shift}
         for spec in _KEYS:
-            needed = spec.method in used and not (spec.method == "dateShift" and fixed is not None)
-            name = self.key(spec, value.get(spec.parameter), needed=needed, keys=keys)
+            unused = None if spec.method in used else f"no {spec.method} rule uses this key"
+            if spec.method == "dateShift" and fixed is not None:
+                unused = "dateShiftFixedOffsetInDays is set, so dates are shifted without a key"
+            name = self.key(spec, value.get(spec.parameter), unused=unused, keys=keys)
             if name is None:
                 continue
             if spec.method == "dateShift":
                 date_shift["key"] = name
             else:
                 parameters["crypto_hash_key" if spec.method == "cryptoHash" else "encrypt_key"] = name
-        parameters["date_shift"] = date_shift
         for source, target in _PARTIAL.items():
             flag = value.get(source, False)
             if not isinstance(flag, bool):
@@ -196,7 +200,8 @@ class _Import:
             elif flag:
                 parameters[target] = True
         parameters["restricted_zip_codes"] = self.zip_areas(
-            value.get("restrictedZipCodeTabulationAreas"), partial=value.get("enablePartialZipCodesForRedact") is True
+            value.get("restrictedZipCodeTabulationAreas"),
+            partial=value.get("enablePartialZipCodesForRedact") is True,
         )
         return parameters, keys
 
@@ -216,28 +221,32 @@ class _Import:
             return None
         return value
 
-    def key(self, spec: _Key, value: Any, *, needed: bool, keys: dict[str, dict[str, str]]) -> str | None:
+    def key(
+        self, spec: _Key, value: Any, *, unused: str | None, keys: dict[str, dict[str, str]]
+    ) -> str | None:
         where = f"parameters.{spec.parameter}"
         if value is not None and not isinstance(value, str):
             self.problems.append(f"{where}: must be a string")
             return None
         if value:
-            if not needed:
-                self.warnings.append(f"{where}: no {spec.method} rule uses this key; not carried over")
+            if unused is not None:
+                self.warnings.append(f"{where}: {unused}; the key is not carried over")
                 return None
             keys[spec.name] = {"value": value}
             self.warnings.append(
-                f"{where}: the key was written in the configuration and is now inline in keys.{spec.name}; "
-                f"move it to a secret store (masking.keys.{spec.name}: {{env: ...}} or {{file: ...}}, encoding "
-                f"utf8) and delete keys.{spec.name} from the profile"
+                f"{where}: the key was written in the configuration and is now inline in "
+                f"keys.{spec.name}; move it to a secret store (masking.keys.{spec.name}: {{env: ...}} or "
+                f"{{file: ...}}, encoding utf8) and delete keys.{spec.name} from the profile"
             )
             if spec.method == "encrypt" and len(value.encode("utf-8")) not in _AES_KEY_SIZES:
-                self.warnings.append(f"{where}: an AES key must be 16, 24 or 32 bytes (UTF-8); compiling will fail")
+                self.warnings.append(
+                    f"{where}: an AES key must be 16, 24 or 32 bytes (UTF-8); compiling will fail"
+                )
             return spec.name
-        if needed:
+        if unused is None:
             self.warnings.append(
-                f"{where}: not set (the anonymizer then makes up a random key for each run); give a key named "
-                f"{spec.name!r} in masking.keys or on the command line, or compiling fails"
+                f"{where}: not set (the anonymizer then makes up a random key for each run); give a key "
+                f"named {spec.name!r} in masking.keys or on the command line, or compiling fails"
             )
             return spec.name
         return None
@@ -246,8 +255,9 @@ class _Import:
         if value is None:
             if partial:
                 self.warnings.append(
-                    "parameters.restrictedZipCodeTabulationAreas: not set, so no 3-digit zip area is zeroed (as the "
-                    "anonymizer does); Safe Harbor needs the HHS list of areas with 20,000 people or fewer"
+                    "parameters.restrictedZipCodeTabulationAreas: not set, so no 3-digit zip area is "
+                    "zeroed (as the anonymizer does); Safe Harbor needs the HHS list of areas with 20,000 "
+                    "people or fewer"
                 )
             return []
         if not isinstance(value, list) or not all(isinstance(area, str) for area in value):
@@ -270,8 +280,9 @@ def import_anonymizer_config(data: Mapping[str, Any], *, name: str) -> tuple[dic
     profile: dict[str, Any] = {
         "name": name,
         "description": (
-            f"Imported from a Microsoft FHIR anonymizer configuration ({len(rules)} rules). Compatibility mode: "
-            "the output is the anonymizer's, rule for rule (date shift per resource, labels as it writes them)."
+            f"Imported from a Microsoft FHIR anonymizer configuration ({len(rules)} rules).\n"
+            "Compatibility mode: the output is the anonymizer's, rule for rule (date shift per resource,\n"
+            "partial redaction, labels as the anonymizer writes them).\n"
         ),
         "mode": "compatibility",
         "processing_errors": processing_errors,
@@ -298,7 +309,11 @@ class _ProfileDumper(yaml.SafeDumper):
 
 
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
+    style = None
+    if "\n" in value:
+        style = "|"
+    elif value.isdigit():
+        style = '"'  # "059" stays a string for YAML 1.2 readers too
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
@@ -313,13 +328,15 @@ _ProfileDumper.add_representer(list, _sequence)
 
 def dump_profile_yaml(profile: Mapping[str, Any], *, header: Sequence[str] = ()) -> str:
     """``profile`` as YAML in its own key order (rules in order), ``header`` lines as leading comments."""
-    body = yaml.dump(
-        dict(profile),
-        Dumper=_ProfileDumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=110,
+    body = str(
+        yaml.dump(
+            dict(profile),
+            Dumper=_ProfileDumper,
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+            width=110,
+        )
     )
     lines = [f"# {line}".rstrip() for text in header for line in text.splitlines()]
     return "\n".join([*lines, body]) if lines else body

@@ -195,10 +195,16 @@ class Walker:
             kind = field_plan.kind
             if kind == _SKIP:
                 continue
-            if kind == _KEPT:
+            value_type = type(value)
+            if kind == _OBJECT and value_type is dict:
+                new = self._child_object(value, field_plan, run)
+            elif kind == _LEAF and value_type is not list and value_type is not dict:
+                new = self._leaf(value, key, field_plan, plan, run)
+            elif kind == _KEPT:
                 run.matches += 1
                 continue
-            new = self._field(value, key, field_plan, plan, run)
+            else:
+                new = self._field(value, key, field_plan, plan, run)
             if new is not value:
                 if edits is None:
                     edits = []
@@ -235,25 +241,37 @@ class Walker:
                 items.append(result)
         return items
 
+    def _child_object(self, value: dict[str, Any], field_plan: FieldPlan, run: _Run) -> Any:
+        """Mask a complex element in place; REMOVE when nothing (or a bare extension) is left."""
+        size = len(value)
+        self._object(value, field_plan.child, run)  # type: ignore[arg-type]
+        if len(value) == size:
+            return value
+        if not value or (value.keys() <= _BARE_EXTENSION and _is_extension(field_plan)):
+            return REMOVE
+        return value
+
     def _field(self, value: Any, key: str, field_plan: FieldPlan, plan: PlanNode, run: _Run) -> Any:
-        if type(value) is list:
-            items = [self._one(item, key, field_plan, plan, run) for item in value]
-            kept = [item for item in items if item is not REMOVE and not _empty(item)]
-            if len(kept) == len(value) and all(a is b for a, b in zip(kept, value, strict=True)):
-                return value
-            return kept or REMOVE
-        return self._one(value, key, field_plan, plan, run)
+        if type(value) is not list:
+            return self._one(value, key, field_plan, plan, run)
+        changed = False
+        items = []
+        for item in value:
+            new = self._one(item, key, field_plan, plan, run)
+            if new is not item:
+                changed = True
+                if new is REMOVE or _empty(new):
+                    continue
+            items.append(new)
+        if not changed:
+            return value
+        return items or REMOVE
 
     def _one(self, value: Any, key: str, field_plan: FieldPlan, plan: PlanNode, run: _Run) -> Any:
         kind = field_plan.kind
         if kind == _OBJECT:
             if type(value) is dict:
-                assert field_plan.child is not None
-                size = len(value)
-                self._object(value, field_plan.child, run)
-                if len(value) < size and value.keys() <= _BARE_EXTENSION and _is_extension(field_plan):
-                    return REMOVE  # nothing left but an id/url: an extension without its value
-                return value if value else REMOVE
+                return self._child_object(value, field_plan, run)
             return self._unknown(value, key, field_plan, plan, run)
         if kind == _LEAF:
             return self._leaf(value, key, field_plan, plan, run)
@@ -278,9 +296,17 @@ class Walker:
         label = rule.method.label
         if type(result) is Relabelled:
             label, result = result.label, result.value
+            if result is KEEP:  # compatibility mode labels some values it keeps, as the MS anonymizer does
+                run.changed = True
+                run.labels.add(label)
+                return value
         if result is REMOVE or result != value:
-            run.note(rule, label)
-        return value if result is KEEP else result
+            run.changed = True
+            run.stats.by_method[rule.method_name] += 1
+            if label:
+                run.labels.add(label)
+            return result
+        return value
 
     def _unknown(self, value: Any, key: str, field_plan: FieldPlan, plan: PlanNode, run: _Run) -> Any:
         """A key the FHIR definitions do not know, under a governing rule: treat its values as strings."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from masking.methods.base import MS_SECURITY_LABELS
+
 __all__ = ["OBSERVATION_VALUE_SYSTEM", "add_security_labels"]
 
 OBSERVATION_VALUE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
@@ -40,13 +42,21 @@ def add_security_labels(
         security = meta["security"] = []
     present = {(c.get("system"), c.get("code")) for c in security if isinstance(c, dict)}
     for code in wanted:
-        if (OBSERVATION_VALUE_SYSTEM, code) not in present:
-            security.append(_coding(code, native=native))
+        coding = _coding(code, native=native)
+        if (coding.get("system"), code) not in present:
+            security.append(coding)
 
 
 def _coding(code: str, *, native: bool) -> dict[str, str]:
+    if not native and code in MS_SECURITY_LABELS:
+        system, display = MS_SECURITY_LABELS[code]
+        return (
+            {"system": system, "code": code, "display": display}
+            if system
+            else {"code": code, "display": display}
+        )
     coding = {"system": OBSERVATION_VALUE_SYSTEM, "code": code}
-    display = _DISPLAY.get(code)
-    if native and display:
+    display = _DISPLAY.get(code, "")
+    if display:
         coding["display"] = display
     return coding

@@ -24,6 +24,7 @@ from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.models import models as fhirpath_models
 
 from masking import fhir_types
+from masking.fhirpath import check_expression
 
 __all__ = ["AnyResource", "FastSelector", "FhirPathSelector", "Selector", "SelectorError", "parse_selector"]
 
@@ -121,9 +122,10 @@ def _fhirpath(text: str) -> FhirPathSelector:
             "(nodesByType/nodesByName may only be followed by plain element names)"
         )
     try:
+        check_expression(text)
         compiled = compile_fhirpath(text, model=fhirpath_models["r4"], options={"returnRawData": True})
         root = leading.group(1)
-        compiled({"resourceType": "Patient" if root in AnyResource else root})  # arity/function errors
-    except Exception as exc:  # fhirpathpy raises bare exceptions for syntax errors
+        compiled({"resourceType": "Patient" if root in AnyResource else root}, None)  # arity errors show here
+    except Exception as exc:  # fhirpathpy raises bare exceptions
         raise SelectorError(f"invalid FHIRPath: {exc}") from None
     return FhirPathSelector(text, leading.group(1), compiled)

@@ -101,7 +101,7 @@ class Relabelled:
     label: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Leaf:
     """One primitive value to mask, with what the method needs to know about where it sits.
 

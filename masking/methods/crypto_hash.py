@@ -40,22 +40,23 @@ __all__ = [
 ]
 
 _CACHE_SIZE: Final = 4096
-_ID: Final = r"(?P<id>[A-Za-z0-9\-.]{1,64})"
-_HISTORY: Final = r"(?P<suffix>/_history/[A-Za-z0-9\-.]{1,64})?"
-_OID = re.compile(r"(?P<prefix>urn:oid:)(?P<id>[0-2](?:\.(?:0|[1-9][0-9]*))+)")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_HISTORY: Final = "/_history/"
+_ALNUM: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_OID = re.compile(r"(urn:oid:)([0-2](?:\.(?:0|[1-9][0-9]*))+)")
 _UUID = re.compile(
-    r"(?P<prefix>urn:uuid:)(?P<id>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(urn:uuid:)([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
 )
-_MS_LITERAL = re.compile(
-    r"(?P<head>(?:https?://[A-Za-z0-9\\/.:%$]*?)?)(?P<segment>[A-Za-z0-9]+)/" + _ID + _HISTORY
-)
-_NATIVE_LITERAL = re.compile(
-    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#]*/)?)(?P<segment>[A-Z][A-Za-z]*)/" + _ID + _HISTORY
-)
+_MS_BASE = re.compile(r"https?://[A-Za-z0-9\\/.:%$]*")
+_NATIVE_BASE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#]*/")
 
 
 class ReferencePatterns:
-    """Finds the id part of a literal reference, MS-style (compatibility) or lenient (native)."""
+    """Finds the id part of a literal reference, MS-style (compatibility) or lenient (native).
+
+    A literal reference is ``[base]<Type>/<id>[/_history/<version>]``. Read from the right in linear time
+    (no backtracking regex over the whole reference, which could be long).
+    """
 
     __slots__ = ("_compat",)
 
@@ -64,21 +65,37 @@ class ReferencePatterns:
 
     def split(self, reference: str) -> tuple[str, str, str] | None:
         """``(prefix, id, suffix)`` of a literal, ``urn:oid:`` or ``urn:uuid:`` reference, else ``None``."""
-        match = (_MS_LITERAL if self._compat else _NATIVE_LITERAL).fullmatch(reference)
-        if match is not None and self._known_type(match["head"], match["segment"]):
-            prefix = reference[: match.start("id")]
-            return prefix, match["id"], match["suffix"] or ""
         for pattern in (_OID, _UUID):
             match = pattern.fullmatch(reference)
             if match is not None:
-                return match["prefix"], match["id"], ""
-        return None
+                return match[1], match[2], ""
+        return self._literal(reference)
 
-    def _known_type(self, head: str, segment: str) -> bool:
-        if segment in R4_RESOURCE_TYPES:
-            return True
-        # MS: the URL prefix may end inside the segment ("http://x/MyPatient/1" is a Patient).
-        return self._compat and bool(head) and any(segment.endswith(name) for name in R4_RESOURCE_TYPES)
+    def _literal(self, reference: str) -> tuple[str, str, str] | None:
+        rest, suffix = reference, ""
+        head, marker, version = reference.rpartition(_HISTORY)
+        if marker and _ID.fullmatch(version):
+            rest, suffix = head, marker + version
+        before, slash, ident = rest.rpartition("/")
+        if not slash or not _ID.fullmatch(ident):
+            return None
+        start = len(before)
+        while start and before[start - 1] in _ALNUM:
+            start -= 1
+        if not self._typed(before[:start], before[start:]):
+            return None
+        return before + slash, ident, suffix
+
+    def _typed(self, base: str, segment: str) -> bool:
+        """Whether ``base`` + ``segment`` ends in a known resource type the way each mode reads it."""
+        if not base:
+            return segment in R4_RESOURCE_TYPES
+        if not self._compat:
+            return segment in R4_RESOURCE_TYPES and _NATIVE_BASE.fullmatch(base) is not None
+        # MS: the base may end inside the segment ("http://x/MyPatient/1" is a Patient reference).
+        if _MS_BASE.fullmatch(base) is None:
+            return False
+        return segment in R4_RESOURCE_TYPES or any(segment.endswith(name) for name in R4_RESOURCE_TYPES)
 
 
 def transform_reference(reference: str, transform: Callable[[str], str], patterns: ReferencePatterns) -> str:
@@ -122,6 +139,7 @@ class CryptoHash:
         self._compat = compat
         self._patterns = ReferencePatterns(compat=compat)
         self._cache: dict[str, str] = {}
+        self._references: dict[str, str] = {}
 
     def hash(self, text: str) -> str:
         """Hex HMAC of ``text``; the empty string stays empty."""
@@ -131,10 +149,7 @@ class CryptoHash:
                 return text
             mac = self._mac.copy()
             mac.update(text.encode())
-            digest = mac.hexdigest()
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            self._cache[text] = digest
+            digest = _remember(self._cache, text, mac.hexdigest())
         return digest
 
     def apply(self, leaf: Leaf, context: MaskContext) -> Any:
@@ -142,9 +157,19 @@ class CryptoHash:
         text = primitive_text(leaf.value)
         if not text:
             return KEEP
-        if is_reference(leaf, compat=self._compat):
-            return transform_reference(text, self.hash, self._patterns)
-        return self.hash(text)
+        if not is_reference(leaf, compat=self._compat):
+            return self.hash(text)
+        hashed = self._references.get(text)
+        if hashed is None:
+            hashed = _remember(self._references, text, transform_reference(text, self.hash, self._patterns))
+        return hashed
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> str:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def build(settings: Mapping[str, Any], params: ProfileParameters) -> CryptoHash:

@@ -51,8 +51,8 @@ _MS_RANGE: Final = 50
 _SCOPES: Final = ("patient", "resource", "file", "folder")
 
 
-def _fold(data: bytes, start: int = 0) -> int:
-    offset = start
+def _fold(data: bytes) -> int:
+    offset = 0
     for byte in data:
         offset = (offset * _MS_SEED + byte) % _MS_MODULUS
     return offset

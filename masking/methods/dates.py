@@ -7,8 +7,9 @@ parse (``None``) and methods treat it as unmaskable (they remove it).
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import date, timedelta
+from datetime import date
 from typing import Final, NamedTuple
 
 __all__ = [
@@ -26,21 +27,23 @@ AGE_THRESHOLD: Final = 89
 """Safe Harbor: ages over 89 (and dates implying them) are identifying."""
 
 _DATE = re.compile(
-    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2})"
-    r"(?:T(?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?",
+    r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2})"
+    r"(?:T([0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?",
     re.ASCII,
 )
 _ZERO_DIGITS: Final = str.maketrans("0123456789", "0000000000")
 
 
 class FhirDate(NamedTuple):
-    """A parsed value: ``year``, optional ``month`` and ``day``, the time text and the zone text."""
+    """A parsed value: ``year``, optional ``month`` and ``day``, the time and zone texts, and (with a day)
+    the day's proleptic Gregorian ordinal."""
 
     year: int
     month: int | None
     day: int | None
     time: str
     zone: str
+    ordinal: int | None
 
     @property
     def year_text(self) -> str:
@@ -50,32 +53,27 @@ class FhirDate(NamedTuple):
 
 def parse_fhir_date(value: object) -> FhirDate | None:
     """Parse a date/dateTime/instant string; ``None`` when malformed or not a real calendar day."""
-    if not isinstance(value, str):
-        return None
+    return _parse(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(value: str) -> FhirDate | None:
     match = _DATE.fullmatch(value)
     if match is None:
         return None
-    year, month, day = match["y"], match["m"], match["d"]
-    parsed = FhirDate(
-        int(year),
-        int(month) if month else None,
-        int(day) if day else None,
-        match["time"] or "",
-        match["zone"] or "",
-    )
-    return parsed if _plausible(parsed) else None
-
-
-def _plausible(value: FhirDate) -> bool:
-    if value.year == 0 or (value.month is not None and not 1 <= value.month <= 12):
-        return False
-    if value.day is None:
-        return True
-    try:
-        date(value.year, value.month or 1, value.day)
-    except ValueError:
-        return False
-    return True
+    year_text, month_text, day_text, time, zone = match.groups()
+    year = int(year_text)
+    month = int(month_text) if month_text else None
+    if year == 0 or (month is not None and not 1 <= month <= 12):
+        return None
+    day = ordinal = None
+    if day_text:
+        day = int(day_text)
+        try:
+            ordinal = date(year, month or 1, day).toordinal()
+        except ValueError:
+            return None
+    return FhirDate(year, month, day, time or "", zone or "", ordinal)
 
 
 def age_over_threshold(value: FhirDate, today: date) -> bool:
@@ -90,14 +88,13 @@ def age_over_threshold(value: FhirDate, today: date) -> bool:
 
 
 def shift_day(value: FhirDate, days: int) -> str | None:
-    """``YYYY-MM-DD`` of the value's day moved by ``days``; ``None`` when out of the calendar's range."""
-    if value.month is None or value.day is None:
+    """``YYYY-MM-DD`` of the value's day moved by ``days``; ``None`` without a day or out of range."""
+    if value.ordinal is None:
         return None
     try:
-        shifted = date(value.year, value.month, value.day) + timedelta(days=days)
-    except OverflowError:
+        return date.fromordinal(value.ordinal + days).isoformat()
+    except (ValueError, OverflowError):
         return None
-    return shifted.isoformat()
 
 
 def zero_time(time: str) -> str:

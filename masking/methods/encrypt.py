@@ -84,6 +84,7 @@ class Pseudonymize:
         self._patterns = ReferencePatterns(compat=False)
         self._ids: dict[str, str] = {}
         self._texts: dict[str, str] = {}
+        self._references: dict[str, str] = {}
 
     def apply(self, leaf: Leaf, context: MaskContext) -> Any:
         """The pseudonym of the value (of the id part of a reference)."""
@@ -91,7 +92,11 @@ class Pseudonymize:
         if not text:
             return KEEP
         if is_reference(leaf, compat=False):
-            return self._reference(text)
+            token = self._references.get(text)
+            if token is None:
+                token = self._reference(text)
+                self._remember(self._references, text, token)
+            return token
         return self.of_id(text) if leaf.type_name == "id" else self.of_text(text)
 
     def _reference(self, reference: str) -> str:

@@ -16,14 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, cast
 
 import fhirpathpy
-from antlr4 import CommonTokenStream, InputStream, Token  # type: ignore[import-untyped]
-from antlr4.error.ErrorListener import ErrorListener  # type: ignore[import-untyped]
-from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.nodes import FP_Type, ResourceNode
-from fhirpathpy.parser import parse as _untyped_parse
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from masking.fhirpath import check_expression
 from masking.methods.base import (
     KEEP,
     REMOVE,
@@ -44,47 +39,7 @@ _CACHE_SIZE: Final = 4096
 _CLOCK_FUNCTIONS: Final = frozenset({"now", "today", "timeOfDay"})
 _FHIRPATH_TYPES: Final = {"date": "date", "dateTime": "dateTime", "instant": "dateTime", "time": "time"}
 _OTHER_VALUES: Final = ("redact", "keep")
-_parse: Callable[[str], Any] = _untyped_parse
 _node: Callable[[Any, str], Any] = ResourceNode.create_node
-
-
-class _Collect(ErrorListener):  # type: ignore[misc]
-    """Collects ANTLR syntax errors instead of ignoring them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[str] = []
-
-    def syntaxError(self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any) -> None:
-        self.errors.append(f"column {column + 1}: {msg.split(' expecting ')[0]}")
-
-
-def _syntax_errors(expression: str) -> list[str]:
-    listener = _Collect()
-    lexer = FHIRPathLexer(InputStream(expression))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(listener)
-    tokens = CommonTokenStream(lexer)
-    parser = FHIRPathParser(tokens)
-    parser.removeErrorListeners()
-    parser.addErrorListener(listener)
-    parser.expression()
-    if not listener.errors and tokens.LA(1) != Token.EOF:
-        listener.errors.append(f"unexpected {tokens.LT(1).text!r}")
-    return listener.errors
-
-
-def _functions(node: Any) -> set[str]:
-    """Names of the functions an expression's syntax tree invokes."""
-    names: set[str] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        children = current.get("children") or []
-        if current.get("type") == "Functn" and children:
-            names.add(str(children[0].get("text")))
-        stack.extend(children)
-    return names
 
 
 def compile_expression(expression: str) -> tuple[Compiled, bool]:
@@ -92,13 +47,7 @@ def compile_expression(expression: str) -> tuple[Compiled, bool]:
 
     Raises ``ValueError`` with the syntax error or unknown function.
     """
-    errors = _syntax_errors(expression)
-    if errors:
-        raise ValueError("; ".join(errors))
-    functions = _functions(_parse(expression))
-    unknown = sorted(functions - invocation_registry.keys())
-    if unknown:
-        raise ValueError(f"unknown function {', '.join(unknown)}")
+    functions = check_expression(expression)
     clock = bool(functions & _CLOCK_FUNCTIONS)
     # select() makes the value $this; the newline ends a trailing // comment.
     return cast(Compiled, fhirpathpy.compile(f"select({expression}\n)")), clock
@@ -131,7 +80,8 @@ class Generalize:
     ) -> None:
         self.label = "GENERALIZED" if compat else "ABSTRED"
         self._cases = cases
-        self._others: Any = KEEP if keep_others else (REMOVE if compat else Relabelled(REMOVE, "REDACTED"))
+        kept: Any = Relabelled(KEEP, "GENERALIZED") if compat else KEEP  # MS labels values it keeps too
+        self._others: Any = kept if keep_others else (REMOVE if compat else Relabelled(REMOVE, "REDACTED"))
         self._emptied: Any = REMOVE if compat else Relabelled(REMOVE, "REDACTED")
         self._cache: dict[tuple[str, Any], Any] | None = {} if cache else None
 

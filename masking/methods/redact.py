@@ -36,6 +36,7 @@ __all__ = ["ABSTRED", "REDACTED", "Redact", "build", "redact_date"]
 REDACTED: Final = "REDACTED"
 ABSTRED: Final = "ABSTRED"
 _DIGIT = re.compile(r"\d")
+_ASCII_ZEROS: Final = str.maketrans("0123456789", "0" * 10)
 
 
 def redact_date(value: Any, today: date, *, partial: bool, compat: bool) -> Any:
@@ -98,18 +99,23 @@ class Redact:
         number = _number(value)
         if number is None or number > AGE_THRESHOLD:
             return REMOVE
-        return KEEP
+        return Relabelled(KEEP, REDACTED) if self._compat else KEEP  # MS labels the age it keeps
 
     def _zip(self, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             return REMOVE
         if value.startswith(self._restricted):
-            masked = _DIGIT.sub("0", value)
+            masked = _zero_digits(value)
         elif len(value) >= 3:
-            masked = value[:3] + _DIGIT.sub("0", value[3:])
+            masked = value[:3] + _zero_digits(value[3:])
         else:
-            masked = value if self._compat else _DIGIT.sub("0", value)
+            masked = value if self._compat else _zero_digits(value)
         return Relabelled(masked, ABSTRED)
+
+
+def _zero_digits(text: str) -> str:
+    """Every (Unicode) digit replaced by 0, as the MS anonymizer's ``\\d`` replacement does."""
+    return text.translate(_ASCII_ZEROS) if text.isascii() else _DIGIT.sub("0", text)
 
 
 def build(settings: Mapping[str, Any], params: ProfileParameters) -> Redact:

@@ -116,8 +116,10 @@ def test_contained_and_entry_resources_use_their_own_type_rules() -> None:
     bundle = {"resourceType": "Bundle", "id": "b", "type": "collection", "entry": [{"resource": observation}]}
     result = masked(compiled, bundle)
     inner = result["entry"][0]["resource"]
-    assert "id" not in result and "id" not in inner
-    assert "gender" not in inner["contained"][0] and "id" not in inner["contained"][0]
+    assert "id" not in result
+    assert "id" not in inner
+    assert "gender" not in inner["contained"][0]
+    assert "id" not in inner["contained"][0]
     assert inner["status"] == "final"
 
 
@@ -167,7 +169,8 @@ def test_primitive_extension_sibling_goes_with_a_redacted_primitive() -> None:
         "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime"}]},
     }
     result = masked(compiled, resource)
-    assert "birthDate" not in result and "_birthDate" not in result
+    assert "birthDate" not in result
+    assert "_birthDate" not in result
 
 
 def test_references_and_ids_hash_consistently() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import date
 from typing import Any
 
@@ -158,3 +159,14 @@ def test_config_errors(settings: dict[str, Any], params: ProfileParameters, prob
     with pytest.raises(MethodConfigError) as caught:
         build(settings, params)
     assert caught.value.problems == [problem]
+
+
+@pytest.mark.parametrize("compat", [True, False])
+@pytest.mark.parametrize(
+    "reference",
+    ["http://" + "a" * 200_000, "http://" + "a/" * 100_000, "http://x/" + "_history/" * 20_000 + "1"],
+)
+def test_long_references_are_read_in_linear_time(compat: bool, reference: str) -> None:
+    started = time.perf_counter()
+    assert ReferencePatterns(compat=compat).split(reference) is None
+    assert time.perf_counter() - started < 0.5

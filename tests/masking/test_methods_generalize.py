@@ -43,8 +43,8 @@ def leaf(value: Any, type_name: str = "integer") -> Leaf:
         (5, "redact", 20, 20),
         (20, "redact", 40, 40),
         (110, "redact", REMOVE, REDACTED),
-        (110, "keep", KEEP, KEEP),
-        (110, "Keep", KEEP, KEEP),
+        (110, "keep", Relabelled(KEEP, "GENERALIZED"), KEEP),  # MS labels what it keeps
+        (110, "Keep", Relabelled(KEEP, "GENERALIZED"), KEEP),
         (-1, "redact", REMOVE, REDACTED),
     ],
 )
@@ -91,7 +91,12 @@ def test_value_sets(value: str, expected: Any) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1230005", "123****"), ("2345234", "234****"), ("7654321", KEEP), ("98052", KEEP)],
+    [
+        ("1230005", "123****"),
+        ("2345234", "234****"),
+        ("7654321", Relabelled(KEEP, "GENERALIZED")),
+        ("98052", Relabelled(KEEP, "GENERALIZED")),
+    ],
 )
 def test_string_masks(value: str, expected: Any) -> None:
     cases = {"$this.startsWith('123') or $this.endsWith('234')": "$this.substring(0,3)+'****'"}

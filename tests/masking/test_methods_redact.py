@@ -97,6 +97,8 @@ def test_partial_dates_follow_the_pinned_clock() -> None:
 )
 def test_partial_ages(mode: str, value: Any, expected: Any) -> None:
     method = build({}, params(mode, partial_ages=True))
+    if expected is KEEP and mode == COMPAT:  # the MS anonymizer labels the age it keeps
+        expected = Relabelled(KEEP, "REDACTED")
     assert method.apply(leaf(value, "decimal", "value", "Age"), CTX) == expected
 
 
@@ -117,6 +119,7 @@ def test_partial_ages_only_apply_to_age_values() -> None:
         ("98028-1830", "98000-0000"),
         ("20301-1830", "00000-0000"),
         ("K1A 0B1", "K1A 0B0"),
+        ("\u0669\u0668\u0660\u0662\u0668", "\u0669\u0668\u066000"),  # Arabic-Indic digits
     ],
 )
 def test_partial_zip_codes(mode: str, value: str, expected: str) -> None:
