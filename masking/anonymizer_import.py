@@ -16,8 +16,9 @@ values.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import yaml
 
@@ -52,15 +53,12 @@ class AnonymizerImportError(ValueError):
         self.problems = problems
 
 
-class _Key:
-    """One literal key parameter: its name in the profile and the method that needs it."""
+class _Key(NamedTuple):
+    """One key parameter of the anonymizer: its name in the profile and the method that needs it."""
 
-    __slots__ = ("method", "name", "parameter")
-
-    def __init__(self, parameter: str, name: str, method: str) -> None:
-        self.parameter = parameter
-        self.name = name
-        self.method = method
+    parameter: str
+    name: str
+    method: str
 
 
 _KEYS: Final = (
@@ -138,7 +136,9 @@ class _Import:
         if not isinstance(path, str) or not isinstance(method, str):
             return None
         rule: dict[str, Any] = {"path": path, "method": self.method(where, method)}
-        rule.update((key, value) for key, value in item.items() if key not in ("path", "method"))
+        rule.update(
+            (key, copy.deepcopy(value)) for key, value in item.items() if key not in ("path", "method")
+        )
         self.check_path(where, path)
         return rule
 

@@ -48,8 +48,9 @@ class CompiledProfile:
             if isinstance(sel, FhirPathSelector)
         ]
         fast = [sel if isinstance(sel, FastSelector) else None for sel in selectors]
+        walk_all = frozenset(sel.resource_type for _, sel in self._fhirpath)
         self._walker = Walker(
-            Planner(rules, fast),
+            Planner(rules, fast, walk_all),
             native=profile.mode == "native",
             resource_labels=tuple(profile.resource_labels),
             remove_narrative=profile.narrative_removed,

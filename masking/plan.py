@@ -92,12 +92,19 @@ class _Fields(dict[str, FieldPlan]):
 class PlanNode:
     """An element of ``type_name`` in a given matching state; ``fields`` fill in on first use."""
 
-    __slots__ = ("fhir_type", "fields", "governing", "limit", "pending", "planner", "type_name")
+    __slots__ = ("exhaustive", "fhir_type", "fields", "governing", "limit", "pending", "planner", "type_name")
 
     def __init__(
-        self, planner: Planner, type_name: str, pending: Pending, governing: CompiledRule | None, limit: int
+        self,
+        planner: Planner,
+        type_name: str,
+        pending: Pending,
+        governing: CompiledRule | None,
+        limit: int,
+        exhaustive: bool,
     ) -> None:
         self.planner = planner
+        self.exhaustive = exhaustive
         self.type_name = type_name
         self.fhir_type = fhir_types.fhir_type_of(type_name)
         self.pending = pending
@@ -114,15 +121,23 @@ def _first(*rules: CompiledRule | None) -> CompiledRule | None:
 class Planner:
     """Builds and memoises plan nodes for one profile's rules."""
 
-    def __init__(self, rules: Sequence[CompiledRule], selectors: Sequence[FastSelector | None]) -> None:
+    def __init__(
+        self,
+        rules: Sequence[CompiledRule],
+        selectors: Sequence[FastSelector | None],
+        walk_all: frozenset[str] = frozenset(),
+    ) -> None:
+        """``walk_all``: resource types (or ``Resource``) whose FHIRPath rules may match anywhere, so no
+        subtree of theirs is skipped."""
         self.rules = tuple(rules)
+        self._walk_all = walk_all
         self._roots = [
             (rule, sel) for rule, sel in zip(rules, selectors, strict=True) if sel and sel.anchor == "root"
         ]
         self._anchors = [
             (rule, sel) for rule, sel in zip(rules, selectors, strict=True) if sel and sel.anchor != "root"
         ]
-        self._nodes: dict[tuple[str, Pending, int, int], PlanNode] = {}
+        self._nodes: dict[tuple[str, Pending, int, int, bool], PlanNode] = {}
         self._reach: dict[int, frozenset[str]] = {}
         self._marked: dict[tuple[int, str, int], FieldPlan] = {}
 
@@ -137,14 +152,23 @@ class Planner:
                 else:
                     governing = _first(governing, rule)
         limit = governing.index if governing else NO_LIMIT
-        return self.node(resource_type, frozenset(s for s in pending if s[0] < limit), governing, limit)
+        exhaustive = resource_type in self._walk_all or "Resource" in self._walk_all
+        pending_here = frozenset(s for s in pending if s[0] < limit)
+        return self.node(resource_type, pending_here, governing, limit, exhaustive)
 
-    def node(self, type_name: str, pending: Pending, governing: CompiledRule | None, limit: int) -> PlanNode:
+    def node(
+        self,
+        type_name: str,
+        pending: Pending,
+        governing: CompiledRule | None,
+        limit: int,
+        exhaustive: bool = False,
+    ) -> PlanNode:
         """The memoised plan node for this state."""
-        key = (type_name, pending, governing.index if governing else -1, limit)
+        key = (type_name, pending, governing.index if governing else -1, limit, exhaustive)
         found = self._nodes.get(key)
         if found is None:
-            found = self._nodes[key] = PlanNode(self, type_name, pending, governing, limit)
+            found = self._nodes[key] = PlanNode(self, type_name, pending, governing, limit, exhaustive)
         return found
 
     def marked_plan(self, node: PlanNode, key: str, rule: CompiledRule) -> FieldPlan:
@@ -176,19 +200,18 @@ class Planner:
             return self._leaf(info, governing)
         if here is not None and here is governing and here.element_method and not self._inherited(node, here):
             protect = (
-                self.node(info.type_name, pending, None, here.index)
-                if self._active(pending, info, here.index)
+                self.node(info.type_name, pending, None, here.index, node.exhaustive)
+                if node.exhaustive or self._active(pending, info, here.index)
                 else None
             )
             return FieldPlan(FieldKind.ELEMENT, info, here, None, protect)
         if not pending and not self._reaches(info.type_name, limit):
-            if governing is None:
-                return _SKIP
-            if governing.keeps:
+            if governing is not None and governing.keeps:
                 return FieldPlan(FieldKind.KEPT, info, governing)
-        return FieldPlan(
-            FieldKind.OBJECT, info, governing, self.node(info.type_name, pending, governing, limit)
-        )
+            if governing is None and not node.exhaustive:
+                return _SKIP
+        child = self.node(info.type_name, pending, governing, limit, node.exhaustive)
+        return FieldPlan(FieldKind.OBJECT, info, governing, child)
 
     def _inherited(self, node: PlanNode, rule: CompiledRule) -> bool:
         return node.governing is not None and node.governing.index <= rule.index

@@ -121,11 +121,13 @@ def _fhirpath(text: str) -> FhirPathSelector:
             "a FHIRPath rule must start with a resource type or Resource "
             "(nodesByType/nodesByName may only be followed by plain element names)"
         )
+    root = leading.group(1)
+    # fhirpathpy matches a leading type name literally; for "every resource" evaluate the rest from the root
+    runnable = text[len(root) + 1 :] if root in AnyResource and text.startswith(root + ".") else text
     try:
         check_expression(text)
-        compiled = compile_fhirpath(text, model=fhirpath_models["r4"], options={"returnRawData": True})
-        root = leading.group(1)
+        compiled = compile_fhirpath(runnable, model=fhirpath_models["r4"], options={"returnRawData": True})
         compiled({"resourceType": "Patient" if root in AnyResource else root}, None)  # arity errors show here
     except Exception as exc:  # fhirpathpy raises bare exceptions
         raise SelectorError(f"invalid FHIRPath: {exc}") from None
-    return FhirPathSelector(text, leading.group(1), compiled)
+    return FhirPathSelector(text, root, compiled)

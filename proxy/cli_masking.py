@@ -55,13 +55,20 @@ def add_masking_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def _mask(args: argparse.Namespace) -> int:
-    profile = _compiled(args.profile, _keys(args.key, args.keys_file))
-    job = MaskJob(profile, today=args.today)
+    problems: list[tuple[str, str]] = []
+    keys = _keys(args.key, args.keys_file, problems)
+    profile = _profile(args.profile, problems)
+    compiled: CompiledProfile | None = None
+    if profile is not None and not problems:  # a key problem explains the missing-key errors it causes
+        try:
+            compiled = compile_profile(profile, keys, source=args.profile)
+        except ProfileError as error:
+            problems += error.problems
     source: Path = args.input
-    if not source.exists():
-        raise ConfigError([("input", f"not found: {source}")])
-    if source.is_dir() and args.output is None:
-        raise ConfigError([("output", "masking a folder needs an output folder")])
+    problems += _paths_problems(source, args.output)
+    if problems or compiled is None:
+        raise ConfigError(problems)
+    job = MaskJob(compiled, today=args.today)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     started = time.perf_counter()
     try:
@@ -77,27 +84,49 @@ def _mask(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"masked {stats.resources} resources ({stats.changed} changed, {stats.dropped} dropped) "
-        f"with {profile.name} in {elapsed:.1f} s",
+        f"with {compiled.name} in {elapsed:.1f} s",
         file=sys.stderr,
     )
     return 0
 
 
-def _compiled(name_or_path: str, keys: dict[str, bytes]) -> CompiledProfile:
+def _profile(name_or_path: str, problems: list[tuple[str, str]]) -> Profile | None:
+    """The profile file or built-in profile; ``problems`` gets what is wrong with it."""
     path = Path(name_or_path)
     try:
-        profile: Profile = load_profile(path) if path.is_file() else load_builtin_profile(name_or_path)
+        if path.is_file():
+            return load_profile(path)
+        if name_or_path in builtin_profile_names() or not _looks_like_path(name_or_path):
+            return load_builtin_profile(name_or_path)
+        problems.append(
+            ("--profile", f"no profile file {name_or_path} (and no built-in profile of that name)")
+        )
     except KeyError as error:
-        raise ConfigError([("--profile", str(error.args[0]))]) from None
-    try:
-        return compile_profile(profile, keys, source=name_or_path)
+        problems.append(("--profile", str(error.args[0])))
     except ProfileError as error:
-        raise ConfigError(error.problems) from None
+        problems += [(f"{error.source}: {where}", message) for where, message in error.problems]
+    return None
 
 
-def _keys(pairs: list[str], keys_file: Path | None) -> dict[str, bytes]:
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or "\\" in name or name.endswith((".yaml", ".yml", ".json"))
+
+
+def _paths_problems(source: Path, output: Path | None) -> list[tuple[str, str]]:
+    if not source.exists():
+        return [("input", f"not found: {source}")]
+    if source.is_dir():
+        if output is None:
+            return [("output", "masking a folder needs an output folder")]
+        if output.exists() and not output.is_dir():
+            return [("output", f"{output} is a file; masking a folder needs an output folder")]
+    elif output is not None and output.is_dir():
+        return [("output", f"{output} is a folder; masking a file needs an output file")]
+    return []
+
+
+def _keys(pairs: list[str], keys_file: Path | None, problems: list[tuple[str, str]]) -> dict[str, bytes]:
     sources: dict[str, KeySource] = {}
-    problems: list[tuple[str, str]] = []
     if keys_file is not None:
         try:
             raw = yaml.safe_load(keys_file.read_text(encoding="utf-8")) or {}
@@ -105,19 +134,19 @@ def _keys(pairs: list[str], keys_file: Path | None) -> dict[str, bytes]:
         except (OSError, yaml.YAMLError, ValueError, AttributeError) as exc:
             problems.append(("--keys-file", f"cannot use {keys_file}: {type(exc).__name__}"))
     for pair in pairs:
-        name, _, spec = pair.partition("=")
+        name, equals, spec = pair.partition("=")
         kind, _, rest = spec.partition(":")
         text, _, encoding = rest.rpartition(":") if rest.endswith((":base64", ":hex")) else (rest, "", "utf8")
-        if not name or kind not in ("env", "file", "value") or not text:
+        if not name or not equals or kind not in ("env", "file", "value") or not text:
+            # Never echo what was given: a mistyped --key may be the secret itself.
+            shown = f"{name}=..." if equals and name.isprintable() and len(name) <= 64 else "something else"
             problems.append(
-                ("--key", f"expected NAME=env:VAR, NAME=file:PATH or NAME=value:TEXT, got {name}=...")
+                ("--key", f"expected NAME=env:VAR, NAME=file:PATH or NAME=value:TEXT, got {shown}")
             )
             continue
         sources[name] = KeySource.model_validate({kind: text, "encoding": encoding})
     keys, failures = resolve_keys(sources)
     problems += [(f"key {name}", message) for name, message in failures]
-    if problems:
-        raise ConfigError(problems)
     return keys
 
 
@@ -132,26 +161,32 @@ def _progress(total: int, show: bool) -> Iterator[Progress | None]:
     if not show:
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn
     from rich.progress import Progress as Bar
 
-    with Bar("[progress.description]masking", BarColumn(), DownloadColumn(), TimeRemainingColumn()) as bar:
+    columns = ("[progress.description]masking", BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    # On standard error: standard output may be the masked data.
+    with Bar(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("mask", total=total or None)
         yield lambda size: bar.advance(task, size)
 
 
 def _import_config(args: argparse.Namespace) -> int:
-    from masking.anonymizer_import import dump_profile_yaml, import_anonymizer_config
+    from masking.anonymizer_import import AnonymizerImportError, dump_profile_yaml, import_anonymizer_config
 
     try:
         data = json.loads(args.config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError([("config", f"cannot read {args.config}: {exc}")]) from None
     name = args.name or args.config.stem.lower().replace("_", "-")
-    profile, warnings = import_anonymizer_config(data, name=name)
+    try:
+        profile, warnings = import_anonymizer_config(data, name=name)
+    except AnonymizerImportError as error:
+        raise ConfigError([("config", problem) for problem in error.problems]) from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    text = dump_profile_yaml(profile)
+    text = dump_profile_yaml(profile, header=warnings)
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -262,3 +262,20 @@ def test_all_problems_are_reported_at_once() -> None:
         )
     paths = {path for path, _ in caught.value.problems}
     assert paths == {"parameters.crypto_hash_key", "rules.0.path", "rules.1.method"}
+
+
+def test_fhirpath_rule_below_elements_no_fast_rule_reaches() -> None:
+    compiled = profile([{"path": "Patient.name.where(use='official').family", "method": "redact"}])
+    resource = {"resourceType": "Patient", "name": [{"use": "official", "family": "Roe"}, {"family": "Doe"}]}
+    assert masked(compiled, resource)["name"] == [{"use": "official"}, {"family": "Doe"}]
+
+
+def test_fhirpath_rule_for_every_resource() -> None:
+    compiled = profile([{"path": "Resource.meta.where(source.exists()).source", "method": "redact"}])
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "meta": {"source": "#abc", "versionId": "1"},
+    }
+    assert masked(compiled, resource)["meta"]["versionId"] == "1"
+    assert "source" not in masked(compiled, resource)["meta"]
