@@ -87,7 +87,7 @@ def identifying_values(bundle: dict[str, Any]) -> dict[str, set[str]]:
         for address in [*at(bundle, "address"), *at(bundle, "valueAddress")]
         if isinstance(address, dict)
         for key in ("line", "city", "district")
-        for value in (address.get(key) if isinstance(address.get(key), list) else [address.get(key)])
+        for value in strings(address.get(key))
         if isinstance(value, str) and value != address.get("state")  # a city-state (Berlin) keeps its state
     }
     zips = {
