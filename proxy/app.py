@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> Starlette:
         state.discovery,
         state.consent_gate,
         state.masking,
+        state.reidentifier,
     )
 
     @asynccontextmanager

@@ -68,9 +68,18 @@ class MaskingPolicy:
                 ]
             except KeyError as error:
                 problems.append((f"{where}.builtin", str(error.args[0])))
+        problems += _key_id_clashes(compiled)
         if problems:
             raise ConfigError(problems)
         return cls(settings, compiled)
+
+    @property
+    def pseudonym_keys(self) -> dict[str, bytes]:
+        """Every profile's reversible-pseudonym keys by key id (old ids included, for rotation)."""
+        keys: dict[str, bytes] = {}
+        for profile in self._profiles.values():
+            keys.update(profile.parameters.keyring.pseudonym_keys)
+        return keys
 
     @property
     def profiles(self) -> Mapping[str, CompiledProfile]:
@@ -102,6 +111,19 @@ class MaskingPolicy:
             return MaskedBody(orjson.dumps(masked), profile.name, stats)
         except (MaskingError, orjson.JSONDecodeError) as exc:
             raise MaskingFailedError(profile.name) from exc
+
+
+def _key_id_clashes(profiles: Mapping[str, CompiledProfile]) -> list[tuple[str, str]]:
+    """One key id must mean one key across profiles, or re-identification could not tell them apart."""
+    seen: dict[str, tuple[str, bytes]] = {}
+    problems: list[tuple[str, str]] = []
+    for name, profile in profiles.items():
+        for key_id, key in profile.parameters.keyring.pseudonym_keys.items():
+            first = seen.setdefault(key_id, (name, key))
+            if first[1] != key:
+                where = f"masking.profiles.{name}: parameters.pseudonym_keys.{key_id}"
+                problems.append((where, f"key id {key_id!r} names a different key in profile {first[0]!r}"))
+    return problems
 
 
 def _load(builtin: str | None, file: Any) -> Profile:

@@ -57,6 +57,7 @@ from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.decision import AccessDecision, ResponseCheck
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
+from proxy.reidentify import Reidentifier, is_reidentify
 from proxy.responses import fhir_response, outcome_response, raw_stream_response
 from proxy.settings import Settings
 from proxy.upstream import BufferedResponse, Upstream, UpstreamRouter
@@ -84,6 +85,7 @@ class FhirEndpoint:
         discovery: SmartDiscovery | None = None,
         consent_gate: ConsentGate | None = None,
         masking: MaskingPolicy | None = None,
+        reidentifier: Reidentifier | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -93,6 +95,7 @@ class FhirEndpoint:
         self.discovery = discovery
         self.consent_gate = consent_gate
         self.masking = masking
+        self.reidentifier = reidentifier
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -119,7 +122,10 @@ class FhirEndpoint:
                 call.headers.get("authorization"), call.public_base
             )
             call.view = AccessView(principal, self.settings.policy)
-            check_operation_allowed(call.view, call.request)
+            if not is_reidentify(call.request):
+                check_operation_allowed(call.view, call.request)
+        if is_reidentify(call.request):
+            return await self._reidentify(call, receive)
         await self._read_body(call, receive)
         if call.request.interaction is Interaction.PAGE:
             return await self._page(call)
@@ -212,6 +218,16 @@ class FhirEndpoint:
             entries = classify_entries(call.document, call.public_base)
             return self.router.for_types(entry.resource_type for entry in entries)
         return self.router.for_type(request.resource_type)
+
+    async def _reidentify(self, call: ProxyCall, receive: Receive) -> Response:
+        """Answer ``$reidentify`` locally (never forwarded); only for authorised callers."""
+        if self.reidentifier is None:
+            raise NotFoundError("re-identification is not configured")
+        principal = call.view.principal if call.view is not None else None
+        caller = self.reidentifier.authorize(principal, call.request.method)
+        await self._read_body(call, receive)
+        answer = self.reidentifier.reidentify(caller, call.document)
+        return fhir_response(200, orjson.dumps(answer), [("cache-control", "no-store")])
 
     def _select_masking(self, call: ProxyCall, upstream: Upstream) -> None:
         """Pick the masking profile; raw Binary content cannot be masked, so it is not served under one."""

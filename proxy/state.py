@@ -19,6 +19,7 @@ from proxy.masking import MaskingPolicy
 from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
+from proxy.reidentify import Reidentifier
 from proxy.settings import Settings
 from proxy.upstream import Upstream, UpstreamRouter
 
@@ -54,6 +55,7 @@ class ProxyState:
     consent_cache: ConsentCache | None = field(init=False, default=None)
     consent_gate: ConsentGate | None = field(init=False, default=None)
     masking: MaskingPolicy | None = field(init=False, default=None)
+    reidentifier: Reidentifier | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -67,6 +69,10 @@ class ProxyState:
             )
         if settings.masking.enabled:
             self.masking = MaskingPolicy.from_settings(settings.masking)
+            if settings.masking.reidentification.roles:
+                self.reidentifier = Reidentifier(
+                    settings.masking.reidentification, self.masking.pseudonym_keys
+                )
         if settings.consent.enabled:
             self._build_consent_gate()
         if settings.auth.dev_issuer.enabled:

@@ -31,11 +31,15 @@ rules:
 PSEUDONYMS = """
 name: pseudonyms
 parameters:
-  pseudonym_keys: {k1: pseudonym}
+  pseudonym_keys: {k1: pseudonym-2025, k2: pseudonym}
+  current_pseudonym_key: k2
 rules:
   - path: Patient.id
     method: encrypt
 """
+
+
+OLD_PSEUDONYM_KEY = b"o" * 32
 
 
 def hashed(value: str) -> str:
@@ -47,11 +51,15 @@ class MaskingSetup:
         self.proxy = proxy
         self.issuer = issuer
 
-    def client(self, client_id: str = "patient-app", **headers: str) -> httpx.Client:
-        token = self.issuer.mint(
-            {"sub": "u1", "client_id": client_id, "scope": "system/*.cruds"}, audience=self.proxy.base_url
-        )
-        return self.proxy.client(headers={"authorization": f"Bearer {token}", **headers})
+    def client(
+        self,
+        client_id: str = "patient-app",
+        roles: tuple[str, ...] = (),
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Client:
+        claims = {"sub": "u1", "client_id": client_id, "scope": "system/*.cruds", "roles": list(roles)}
+        token = self.issuer.mint(claims, audience=self.proxy.base_url)
+        return self.proxy.client(headers={"authorization": f"Bearer {token}", **(headers or {})})
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +80,7 @@ def masking(upstream: SeededUpstream, tmp_path_factory: pytest.TempPathFactory) 
                 "hash": {"value": HASH_KEY},
                 "date-shift": {"value": "integration-date-shift"},
                 "pseudonym": {"value": base64.b64encode(b"p" * 32).decode(), "encoding": "base64"},
+                "pseudonym-2025": {"value": OLD_PSEUDONYM_KEY.hex(), "encoding": "hex"},
             },
             "masking.profiles": {
                 "safe-harbor": {"builtin": "safe-harbor"},
@@ -86,6 +95,7 @@ def masking(upstream: SeededUpstream, tmp_path_factory: pytest.TempPathFactory) 
                 {"header": ["safe-harbor"], "profile": "safe-harbor"},
             ],
             "masking.default_profile": "contacts",
+            "masking.reidentification.roles": ["privacy-officer"],
         },
     )
     proxy = RunningProxy(settings).start()
@@ -159,14 +169,14 @@ def test_safe_harbor_by_client_masks_every_entry_of_a_search(
 def test_safe_harbor_by_allowed_header(
     masking: MaskingSetup, upstream: SeededUpstream, patient_id: str
 ) -> None:
-    with masking.client(**{PROFILE_HEADER: "safe-harbor"}) as client:
+    with masking.client(headers={PROFILE_HEADER: "safe-harbor"}) as client:
         masked = client.get(f"/Patient/{patient_id}").json()
     assert masked["id"] == hashed(patient_id)
     assert "name" not in masked
 
 
 def test_a_header_value_no_rule_allows_is_ignored(masking: MaskingSetup, patient_id: str) -> None:
-    with masking.client(**{PROFILE_HEADER: "none"}) as client:
+    with masking.client(headers={PROFILE_HEADER: "none"}) as client:
         masked = client.get(f"/Patient/{patient_id}").json()
     assert "telecom" not in masked
 
@@ -215,11 +225,80 @@ def test_a_masking_failure_withholds_the_answer(masking: MaskingSetup, upstream:
         assert long_id not in failed.text
 
 
-def test_pseudonyms_are_reversible_only_in_form(masking: MaskingSetup, patient_id: str) -> None:
+def reidentify(client: httpx.Client, *pseudonyms: str) -> httpx.Response:
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "pseudonym", "valueString": value} for value in pseudonyms],
+    }
+    return client.post("/$reidentify", json=parameters, headers=FHIR_JSON)
+
+
+def results(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code == 200, response.text
+    return [
+        {part["name"]: part["valueString"] for part in result["part"]}
+        for result in response.json()["parameter"]
+    ]
+
+
+def test_reversible_pseudonyms_are_reversed_for_the_authorised_role(
+    masking: MaskingSetup, patient_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with masking.client("pseudo-app") as client:
         masked = client.get(f"/Patient/{patient_id}").json()
-    assert masked["id"].startswith("k1.")
-    assert patient_id not in masked["id"]
+    pseudonym = masked["id"]
+    assert pseudonym.startswith("k2.")
+    assert patient_id not in pseudonym
+    tampered = pseudonym[:-1] + ("a" if pseudonym[-1] != "a" else "b")
+    with (
+        caplog.at_level("INFO", logger="fhirwall.audit"),
+        masking.client("console", ("privacy-officer",)) as client,
+    ):
+        answer = results(reidentify(client, pseudonym, f"Patient/{pseudonym}", tampered))
+    assert answer[0]["original"] == patient_id
+    assert answer[1]["original"] == f"Patient/{patient_id}"
+    assert "error" in answer[2]
+    assert "original" not in answer[2]
+    audit = [record for record in caplog.records if getattr(record, "fhirwall_event", None) == "reidentify"]
+    assert [record.outcome for record in audit] == ["permitted"]  # type: ignore[attr-defined]
+    assert audit[0].pseudonyms == 3  # type: ignore[attr-defined]
+    logged = " ".join(str(value) for value in vars(audit[0]).values())
+    assert patient_id not in logged
+    assert pseudonym not in logged
+
+
+def test_rotation_keeps_old_pseudonyms_reversible(masking: MaskingSetup, patient_id: str) -> None:
+    from masking.pseudonyms import encode_id
+
+    old = encode_id(patient_id, "k1", OLD_PSEUDONYM_KEY)
+    with masking.client("console", ("privacy-officer",)) as client:
+        assert results(reidentify(client, old))[0]["original"] == patient_id
+
+
+@pytest.mark.parametrize(("client_id", "roles"), [("pseudo-app", ()), ("pseudo-app", ("clinician",))])
+def test_nobody_else_can_reidentify(
+    masking: MaskingSetup,
+    patient_id: str,
+    client_id: str,
+    roles: tuple[str, ...],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with masking.client("pseudo-app") as client:
+        pseudonym = client.get(f"/Patient/{patient_id}").json()["id"]
+    with caplog.at_level("INFO", logger="fhirwall.audit"), masking.client(client_id, roles) as client:
+        response = reidentify(client, pseudonym)
+    assert response.status_code == 403
+    assert patient_id not in response.text
+    assert [getattr(r, "outcome", None) for r in caplog.records if r.name == "fhirwall.audit"] == ["denied"]
+
+
+def test_reidentify_needs_a_parameters_body(masking: MaskingSetup) -> None:
+    with masking.client("console", ("privacy-officer",)) as client:
+        assert (
+            client.post("/$reidentify", json={"resourceType": "Patient"}, headers=FHIR_JSON).status_code
+            == 400
+        )
+        assert client.get("/$reidentify").status_code == 400
 
 
 def test_bad_profile_configuration_fails_at_start_with_every_problem(
