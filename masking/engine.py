@@ -26,8 +26,9 @@ __all__ = ["DATA_ABSENT_REASON_URL", "MaskStats", "MaskingError", "Walker"]
 
 DATA_ABSENT_REASON_URL = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 _MASKED_ABSENT = {"extension": [{"url": DATA_ABSENT_REASON_URL, "valueCode": "masked"}]}
-_SKIP, _LEAF, _OBJECT, _RESOURCE, _ELEMENT, _KEPT = (
+_SKIP, _LEAF, _OBJECT, _RESOURCE, _ELEMENT, _KEPT, _CONDITIONAL = (
     FieldKind.SKIP, FieldKind.LEAF, FieldKind.OBJECT, FieldKind.RESOURCE, FieldKind.ELEMENT, FieldKind.KEPT,
+    FieldKind.CONDITIONAL,
 )  # fmt: skip
 
 
@@ -203,6 +204,8 @@ class Walker:
             elif kind == _KEPT:
                 run.matches += 1
                 continue
+            elif kind == _CONDITIONAL:
+                new = self._conditional(value, key, field_plan, plan, run)
             else:
                 new = self._field(value, key, field_plan, plan, run)
             if new is not value:
@@ -240,6 +243,32 @@ class Walker:
             if result is not REMOVE and not _empty(result):
                 items.append(result)
         return items
+
+    def _conditional(self, value: Any, key: str, field_plan: FieldPlan, plan: PlanNode, run: _Run) -> Any:
+        """Items of ``key`` are masked by the plan their ``where()`` tests select."""
+        if type(value) is not list:
+            return self._passing(value, key, field_plan, plan, run)
+        changed = False
+        items = []
+        for item in value:
+            new = self._passing(item, key, field_plan, plan, run)
+            if new is not item:
+                changed = True
+                if new is REMOVE or _empty(new):
+                    continue
+            items.append(new)
+        return (items or REMOVE) if changed else value
+
+    def _passing(self, item: Any, key: str, field_plan: FieldPlan, plan: PlanNode, run: _Run) -> Any:
+        passed = tuple(i for i, (test, _, _) in enumerate(field_plan.conditions) if test.holds(item))
+        chosen = self._planner.passed_plan(plan, key, field_plan, passed) if passed else field_plan.base
+        assert chosen is not None
+        if chosen.kind == _SKIP:
+            return item
+        if chosen.kind == _KEPT:
+            run.matches += 1
+            return item
+        return self._one(item, key, chosen, plan, run)
 
     def _child_object(self, value: dict[str, Any], field_plan: FieldPlan, run: _Run) -> Any:
         """Mask a complex element in place; REMOVE when nothing (or a bare extension) is left."""

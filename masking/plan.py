@@ -21,13 +21,13 @@ from typing import Final
 from masking import fhir_types
 from masking.fhir_types import ElementInfo
 from masking.methods.base import ElementMethod, MaskingMethod
-from masking.selectors import FastSelector
+from masking.selectors import FastSelector, Predicate, Step, step_name
 
 __all__ = ["CompiledRule", "FieldKind", "FieldPlan", "PlanNode", "Planner"]
 
 NO_LIMIT: Final = 1 << 30
 
-Pending = frozenset[tuple[int, tuple[str, ...]]]
+Pending = frozenset[tuple[int, tuple[Step, ...]]]
 
 
 class FieldKind:
@@ -40,6 +40,7 @@ class FieldKind:
     ELEMENT: Final = 4
     KEPT: Final = 5
     UNKNOWN: Final = 6
+    CONDITIONAL: Final = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,13 @@ class FieldPlan:
     rule: CompiledRule | None = None
     child: PlanNode | None = None
     protect: PlanNode | None = None
+    conditions: tuple[Condition, ...] = ()
+    base: FieldPlan | None = None
+    """CONDITIONAL plans: the per-item ``where()`` tests, and the plan for items that pass none."""
 
+
+Condition = tuple[Predicate, int, tuple[Step, ...]]
+"""A ``where()`` step reached at a key: its test, the rule's index and the steps left after it."""
 
 _SKIP = FieldPlan(FieldKind.SKIP)
 
@@ -140,10 +147,11 @@ class Planner:
         self._nodes: dict[tuple[str, Pending, int, int, bool], PlanNode] = {}
         self._reach: dict[int, frozenset[str]] = {}
         self._marked: dict[tuple[int, str, int], FieldPlan] = {}
+        self._passed: dict[tuple[int, str, tuple[int, ...]], FieldPlan] = {}
 
     def root(self, resource_type: str) -> PlanNode:
         """The plan for a resource of ``resource_type`` (its root-anchored rules applied)."""
-        pending: set[tuple[int, tuple[str, ...]]] = set()
+        pending: set[tuple[int, tuple[Step, ...]]] = set()
         governing: CompiledRule | None = None
         for rule, selector in self._roots:
             if selector.roots(resource_type):
@@ -179,8 +187,30 @@ class Planner:
             found = self._marked[memo_key] = self.field_plan(node, key, rule)
         return found
 
-    def field_plan(self, node: PlanNode, key: str, extra: CompiledRule | None = None) -> FieldPlan:
-        """Work out what happens at ``key`` inside ``node`` (``extra``: a FHIRPath rule matched it)."""
+    def passed_plan(
+        self, node: PlanNode, key: str, conditional: FieldPlan, passed: tuple[int, ...]
+    ) -> FieldPlan:
+        """The plan for an item of ``key`` that passed the ``where()`` tests numbered ``passed``."""
+        memo_key = (id(node), key, passed)
+        found = self._passed.get(memo_key)
+        if found is None:
+            chosen = [conditional.conditions[i] for i in passed]
+            here = _first(*(self.rules[index] for _, index, rest in chosen if not rest))
+            more = [(index, rest) for _, index, rest in chosen if rest]
+            found = self._passed[memo_key] = self.field_plan(node, key, here, more, conditional=False)
+        return found
+
+    def field_plan(
+        self,
+        node: PlanNode,
+        key: str,
+        extra: CompiledRule | None = None,
+        extra_pending: list[tuple[int, tuple[Step, ...]]] | None = None,
+        *,
+        conditional: bool = True,
+    ) -> FieldPlan:
+        """Work out what happens at ``key`` inside ``node`` (``extra``: a FHIRPath rule matched it;
+        ``extra_pending``: paths continuing below it because an item passed their ``where()``)."""
         if key == "resourceType":
             return _SKIP
         info = fhir_types.element(node.type_name, key)
@@ -189,7 +219,11 @@ class Planner:
         if info.type_name == "Resource":
             return FieldPlan(FieldKind.RESOURCE, info)
         base = fhir_types.element(node.type_name, key[1:]) if key.startswith("_") else None
-        here, spawned = self._matches(node, base or info)
+        here, spawned, conditions = self._matches(node, base or info)
+        if conditions and conditional and base is None:
+            plain = self.field_plan(node, key, extra, extra_pending, conditional=False)
+            return FieldPlan(FieldKind.CONDITIONAL, info, conditions=tuple(conditions), base=plain)
+        spawned += extra_pending or ()
         here = _first(here, extra)
         governing = _first(node.governing, here)
         if base is not None and governing is here and here is not None and here.method_name != "redact":
@@ -234,23 +268,28 @@ class Planner:
 
     def _matches(
         self, node: PlanNode, info: ElementInfo
-    ) -> tuple[CompiledRule | None, list[tuple[int, tuple[str, ...]]]]:
+    ) -> tuple[CompiledRule | None, list[tuple[int, tuple[Step, ...]]], list[Condition]]:
         here: CompiledRule | None = None
-        spawned: list[tuple[int, tuple[str, ...]]] = []
+        spawned: list[tuple[int, tuple[Step, ...]]] = []
+        conditions: list[Condition] = []
         name = info.choice_of or info.name
         for index, steps in node.pending:
-            if steps[0] in (name, info.name):
-                if len(steps) == 1:
-                    here = _first(here, self.rules[index])
-                else:
-                    spawned.append((index, steps[1:]))
+            step = steps[0]
+            if step_name(step) not in (name, info.name):
+                continue
+            if not isinstance(step, str):
+                conditions.append((step.predicate, index, steps[1:]))
+            elif len(steps) == 1:
+                here = _first(here, self.rules[index])
+            else:
+                spawned.append((index, steps[1:]))
         for rule, selector in self._anchors:
             if rule.index < node.limit and _anchor_matches(selector, info, name):
                 if selector.steps:
                     spawned.append((rule.index, selector.steps))
                 else:
                     here = _first(here, rule)
-        return here, spawned
+        return here, spawned, conditions
 
     def _reaches(self, type_name: str, limit: int) -> bool:
         """Whether something below ``type_name`` may need masking: an anchor with a number below ``limit``

@@ -7,6 +7,11 @@ A fast selector is an *anchor* followed by plain element names:
 - ``nodesByType('HumanName')``, ``nodesByType('date').extension`` -- anchored at every node of that FHIR type;
 - ``nodesByName('postalCode')`` -- anchored at every element of that name.
 
+Any step may be narrowed by one simple ``where()``: ``Patient.extension.where(url = 'http://...')``,
+``where(system != 'x')``, ``where(url.contains('x'))``, ``where(startsWith('x').not())`` (``=``, ``!=``,
+``contains``, ``startsWith``, ``endsWith``, optionally ``.not()``, on the item or one child element); such
+steps are checked per item while walking, without FHIRPath.
+
 Type and name anchors match at any depth, inside extensions too, but never inside a contained or Bundle entry
 resource (those get their own pass with their own type's rules). Anything else (``where()``, ``as``,
 indexers, functions) is compiled once with fhirpathpy and evaluated per resource; such a path must start with
@@ -26,12 +31,29 @@ from fhirpathpy.models import models as fhirpath_models
 from masking import fhir_types
 from masking.fhirpath import check_expression
 
-__all__ = ["AnyResource", "FastSelector", "FhirPathSelector", "Selector", "SelectorError", "parse_selector"]
+__all__ = [
+    "AnyResource",
+    "FastSelector",
+    "FhirPathSelector",
+    "Predicate",
+    "Selector",
+    "SelectorError",
+    "Step",
+    "Where",
+    "parse_selector",
+]
 
 AnyResource = frozenset({"Resource", "DomainResource"})
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_ANCHOR_FN = re.compile(rf"^nodesBy(Type|Name)\(\s*'({_IDENT})'\s*\)((?:\.{_IDENT})*)$")
-_PLAIN = re.compile(rf"^({_IDENT})((?:\.{_IDENT})*)$")
+_LITERAL = r"'([^'\\]*)'"
+_PREDICATE = (
+    rf"(?:({_IDENT})\s*(=|!=)\s*{_LITERAL}"
+    rf"|(?:({_IDENT})\.)?(contains|startsWith|endsWith)\(\s*{_LITERAL}\s*\)(\.not\(\))?)"
+)
+_STEP = rf"\.{_IDENT}(?:\.where\(\s*{_PREDICATE}\s*\))?"
+_STEP_PARTS = re.compile(rf"\.({_IDENT})(?:\.where\(\s*{_PREDICATE}\s*\))?")
+_ANCHOR_FN = re.compile(rf"^nodesBy(Type|Name)\(\s*'({_IDENT})'\s*\)((?:{_STEP})*)$")
+_PLAIN = re.compile(rf"^({_IDENT})((?:{_STEP})*)$")
 _LEADING_TYPE = re.compile(r"^([A-Z][A-Za-z]*)\b")
 
 
@@ -40,12 +62,53 @@ class SelectorError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Predicate:
+    """A simple ``where()`` test on one item: ``[field] op 'literal'`` (``field`` None: the item itself)."""
+
+    field: str | None
+    op: Literal["=", "!=", "contains", "startsWith", "endsWith"]
+    literal: str
+    negate: bool = False
+
+    def holds(self, item: Any) -> bool:
+        """Whether the item passes; as in FHIRPath, a missing (or non-text) value never does."""
+        if self.field is None:
+            value = item
+        else:
+            value = item.get(self.field) if isinstance(item, dict) else None
+        if not isinstance(value, str):
+            return False
+        if self.op == "=":
+            result = value == self.literal
+        elif self.op == "!=":
+            result = value != self.literal
+        elif self.op == "contains":
+            result = self.literal in value
+        elif self.op == "startsWith":
+            result = value.startswith(self.literal)
+        else:
+            result = value.endswith(self.literal)
+        return result != self.negate
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A step narrowed by a predicate: ``name.where(...)``."""
+
+    name: str
+    predicate: Predicate
+
+
+Step = str | Where
+
+
+@dataclass(frozen=True, slots=True)
 class FastSelector:
-    """An anchor plus plain element names (FHIRPath names: ``value``, not ``valueQuantity``)."""
+    """An anchor plus element names (FHIRPath names: ``value``, not ``valueQuantity``), some narrowed."""
 
     anchor: Literal["root", "type", "name"]
     target: str
-    steps: tuple[str, ...]
+    steps: tuple[Step, ...]
 
     def roots(self, resource_type: str) -> bool:
         """Whether a root anchor applies to resources of ``resource_type``."""
@@ -82,15 +145,29 @@ def parse_selector(path: str) -> Selector:
     return _fhirpath(text)
 
 
-def _steps(dotted: str) -> tuple[str, ...]:
-    return tuple(step for step in dotted.split(".") if step)
+def _steps(dotted: str) -> tuple[Step, ...]:
+    return tuple(_step(match) for match in _STEP_PARTS.finditer(dotted))
+
+
+def _step(match: re.Match[str]) -> Step:
+    name, eq_field, eq_op, eq_literal, fn_field, fn, fn_literal, negated = match.groups()
+    if eq_op is not None:
+        return Where(name, Predicate(eq_field, eq_op, eq_literal))  # type: ignore[arg-type]
+    if fn is not None:
+        return Where(name, Predicate(fn_field, fn, fn_literal, negate=negated is not None))  # type: ignore[arg-type]
+    return name
+
+
+def step_name(step: Step) -> str:
+    """The element name of a step."""
+    return step if isinstance(step, str) else step.name
 
 
 def _is_resource_root(name: str) -> bool:
     return name in AnyResource or fhir_types.is_resource_type(name)
 
 
-def _anchored(kind: str, target: str, steps: tuple[str, ...]) -> FastSelector:
+def _anchored(kind: str, target: str, steps: tuple[Step, ...]) -> FastSelector:
     if kind == "Type":
         if target not in fhir_types.fhir_types():
             raise SelectorError(f"nodesByType: unknown FHIR type {target!r}")
@@ -98,19 +175,20 @@ def _anchored(kind: str, target: str, steps: tuple[str, ...]) -> FastSelector:
     return FastSelector("name", target, steps)
 
 
-def _rooted(root: str, steps: tuple[str, ...]) -> FastSelector:
+def _rooted(root: str, steps: tuple[Step, ...]) -> FastSelector:
     if root not in AnyResource:
         _check_steps(root, steps)
     return FastSelector("root", root, steps)
 
 
-def _check_steps(type_name: str, steps: tuple[str, ...]) -> None:
+def _check_steps(type_name: str, steps: tuple[Step, ...]) -> None:
     current = {type_name}
     for depth, step in enumerate(steps):
-        found = {info.type_name for name in current for info in fhir_types.fhirpath_children(name, step)}
+        name = step_name(step)
+        found = {info.type_name for t in current for info in fhir_types.fhirpath_children(t, name)}
         if not found:
-            where = ".".join((type_name, *steps[:depth]))
-            raise SelectorError(f"{where} has no element {step!r}")
+            where = ".".join((type_name, *(step_name(s) for s in steps[:depth])))
+            raise SelectorError(f"{where} has no element {name!r}")
         current = found
 
 

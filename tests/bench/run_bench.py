@@ -62,6 +62,16 @@ GOAL_MIN_RPS_RATIO = 0.60  # fhirwall without policy
 GOAL_MAX_P50_RATIO = 1.5
 GOAL_POLICY_MIN_RPS_RATIO = 0.45  # fhirwall with SMART scopes and compartment checks
 GOAL_CONSENT_MIN_RPS_RATIO = 0.40  # ... and patient consent (cached lookups)
+GOAL_MASKING_MIN_RPS_RATIO = 0.35  # ... and the Safe Harbor masking profile on every answer
+MASKING_CONFIG = """
+masking:
+  keys:
+    hash: {value: bench-hash-key}
+    date-shift: {value: bench-date-shift-key}
+  profiles:
+    safe-harbor: {builtin: safe-harbor}
+  default_profile: safe-harbor
+"""
 
 Json = seed_data.Json
 
@@ -345,6 +355,10 @@ def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) ->
     rows.append(policy_row(upstream_base, patient_id))
     rows.append(policy_row(upstream_base, patient_id, consent=True))
     rows.append(clinician_row(upstream_base))
+    rows.append(masking_row(upstream_base, patient_id))
+    if args.rows:
+        wanted = {*args.rows.split(","), "direct", BASELINE_ROW}
+        rows = [row for row in rows if row.name in wanted]
     return rows
 
 
@@ -357,6 +371,21 @@ def policy_row(upstream_base: str, patient_id: str, consent: bool = False) -> Ro
     return secured_row(name, upstream_base, goal, claims, consent=consent)
 
 
+def masking_row(upstream_base: str, patient_id: str) -> Row:
+    """fhirwall-consent plus the built-in Safe Harbor profile applied to every answer."""
+    claims = {"client_id": "bench-app", "scope": "launch/patient patient/*.rs", "patient": patient_id}
+    config = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "masking.yaml"
+    config.write_text(MASKING_CONFIG)
+    return secured_row(
+        "fhirwall-masking",
+        upstream_base,
+        GOAL_MASKING_MIN_RPS_RATIO,
+        claims,
+        consent=True,
+        extra_args=["--config", str(config)],
+    )
+
+
 def clinician_row(upstream_base: str) -> Row:
     """fhirwall with consent, a clinician token (``user/*.rs``): the patient's Consent is evaluated."""
     claims = {"client_id": "bench-ehr", "scope": "user/*.rs", "fhirUser": "Practitioner/bench-doctor"}
@@ -365,12 +394,20 @@ def clinician_row(upstream_base: str) -> Row:
     )
 
 
-def secured_row(name: str, upstream_base: str, goal: float, claims: Json, *, consent: bool) -> Row:
+def secured_row(
+    name: str,
+    upstream_base: str,
+    goal: float,
+    claims: Json,
+    *,
+    consent: bool,
+    extra_args: list[str] | None = None,
+) -> Row:
     """A fhirwall row trusting a development issuer, with a token carrying ``claims``."""
     from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
 
     key_file = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "dev-key.pem"
-    row = fhirwall_row(name, upstream_base, ["--allow-dev-issuer"], goals=(goal, None))
+    row = fhirwall_row(name, upstream_base, ["--allow-dev-issuer", *(extra_args or [])], goals=(goal, None))
     issuer = DevIssuer(load_or_create_key(key_file), row.base_url.removesuffix("/fhir") + "/_dev")
     token = issuer.mint({"sub": "bench", **claims}, audience=row.base_url, lifetime=6 * 3600)
     env = {
@@ -572,7 +609,8 @@ def print_goals(goals: list[Json]) -> None:
     """Print the targets with PASS/MISS."""
     print(
         "\nTargets: fhirwall (no policy) throughput >= 60 % of passthrough and p50 <= 1.5x; "
-        "fhirwall-policy (patient token) >= 45 %; fhirwall-consent (same token, consent on) >= 40 %"
+        "fhirwall-policy (patient token) >= 45 %; fhirwall-consent (same token, consent on) >= 40 %; "
+        "fhirwall-masking (consent + Safe Harbor) >= 35 %"
     )
     for g in goals:
         if g["request"] == "*":
@@ -735,6 +773,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="make the upstream run every GET through the Medplum router (slow searches)",
     )
+    parser.add_argument("--rows", help="only these rows (comma-separated; direct and passthrough always run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 3

@@ -279,3 +279,30 @@ def test_fhirpath_rule_for_every_resource() -> None:
     }
     assert masked(compiled, resource)["meta"]["versionId"] == "1"
     assert "source" not in masked(compiled, resource)["meta"]
+
+
+@pytest.mark.parametrize(
+    ("path", "kept"),
+    [
+        ("Patient.extension.where(url = 'http://a').value", ["http://b", "http://c"]),
+        ("Patient.extension.where(url != 'http://a')", ["http://a"]),
+        ("Patient.extension.where(url.contains('//b')).value", ["http://a", "http://c"]),
+        ("Patient.extension.where(url.startsWith('http://c').not())", ["http://c"]),
+        ("Patient.extension.where(url.endsWith('a'))", ["http://b", "http://c"]),
+        ("Patient.extension.value.where(contains('secret-b'))", ["http://a", "http://c"]),
+    ],
+)
+def test_simple_where_steps_run_without_fhirpath(path: str, kept: list[str]) -> None:
+    compiled = profile([{"path": path, "method": "redact"}])
+    assert not compiled._fhirpath  # the fast selector handled it
+    resource = {
+        "resourceType": "Patient",
+        "extension": [{"url": f"http://{name}", "valueString": f"secret-{name}"} for name in "abc"],
+    }
+    assert [ext["url"] for ext in masked(compiled, resource).get("extension", [])] == kept
+
+
+def test_where_step_continues_into_the_passing_items() -> None:
+    compiled = profile([{"path": "Patient.name.where(use = 'official').family", "method": "redact"}])
+    resource = {"resourceType": "Patient", "name": [{"use": "official", "family": "Roe"}, {"family": "Doe"}]}
+    assert masked(compiled, resource)["name"] == [{"use": "official"}, {"family": "Doe"}]
