@@ -121,12 +121,15 @@ class Walker:
     def _resource(
         self,
         resource: dict[str, Any],
-        container: MaskContext | None,
+        container: _Run | None,
         patients: Mapping[str, str],
         stats: MaskStats,
         scope_key: str | None,
         today: date,
     ) -> bool:
+        """Mask one resource; False when it is dropped. A contained resource's changes count as its
+        container's (labels and narrative belong to the container; dom-5 forbids labels on contained
+        resources), and its failures fail the container."""
         stats.resources += 1
         try:
             resource_type = resource.get("resourceType")
@@ -136,18 +139,22 @@ class Walker:
                 raise MaskingError(f"resource type {resource_type!r} is unknown to the masking engine")
             if resource_type == "Bundle":
                 patients = {**patients, **_bundle_patients(resource, self._patient_of)}
-            context = self._context(resource, resource_type, container, patients, scope_key, today)
+            outer = container.context if container is not None else None
+            context = self._context(resource, resource_type, outer, patients, scope_key, today)
             run = _Run(context, self._marks_of(resource, resource_type), patients, stats)
             self._object(resource, self._root(resource_type), run)
-            if run.changed:
+            if run.changed and container is not None:
+                container.changed = True
+                container.labels |= run.labels
+            elif run.changed:
                 self._finish(resource, run)
         except MaskingError:
-            if not self._skip_errors:
+            if not self._skip_errors or container is not None:
                 raise
             stats.dropped += 1
             return False
         except Exception as exc:
-            if not self._skip_errors:
+            if not self._skip_errors or container is not None:
                 raise MaskingError(f"masking failed: {type(exc).__name__}") from exc
             stats.dropped += 1
             return False
@@ -184,6 +191,7 @@ class Walker:
         fields = plan.fields
         marks = run.marks
         edits: list[tuple[str, Any]] | None = None
+        aligned: list[tuple[str, set[int]]] | None = None
         for key, value in node.items():
             field_plan = fields[key]
             if marks is not None:
@@ -206,6 +214,11 @@ class Walker:
                 continue
             elif kind == _CONDITIONAL:
                 new = self._conditional(value, key, field_plan, plan, run)
+            elif kind == _LEAF and value_type is list and "_" + key in node:
+                new, removed = self._aligned_leaves(value, key, field_plan, plan, run)
+                if removed:
+                    aligned = aligned or []
+                    aligned.append((key, removed))
             else:
                 new = self._field(value, key, field_plan, plan, run)
             if new is not value:
@@ -214,6 +227,25 @@ class Walker:
                 edits.append((key, new))
         if edits:
             self._apply_edits(node, edits, fields, run, mark_absent=self._native and plan.governing is None)
+        if aligned:
+            _drop_sibling_items(node, aligned)
+
+    def _aligned_leaves(
+        self, values: list[Any], key: str, field_plan: FieldPlan, plan: PlanNode, run: _Run
+    ) -> tuple[Any, set[int]]:
+        """Mask a primitive list whose ``_key`` sibling holds per-item extensions; report removed items
+        so the sibling list can drop the same positions (FHIR JSON keeps the two lists aligned)."""
+        removed: set[int] = set()
+        items = []
+        for index, item in enumerate(values):
+            new = item if item is None else self._leaf(item, key, field_plan, plan, run)
+            if new is REMOVE:
+                removed.add(index)
+            else:
+                items.append(new)
+        if not removed and all(a is b for a, b in zip(items, values, strict=True)):
+            return values, removed
+        return items or REMOVE, removed
 
     def _marked(
         self,
@@ -387,7 +419,7 @@ class Walker:
     def _nested_resource(self, value: Any, key: str, run: _Run) -> Any:
         if type(value) is not dict:
             raise MaskingError(f"{key} should hold a resource")
-        container = run.context if key == "contained" else None
+        container = run if key == "contained" else None
         context = run.context
         kept = self._resource(value, container, run.patients, run.stats, context.scope_key, context.today)
         return value if kept else REMOVE
@@ -406,6 +438,8 @@ class Walker:
         for key, new in edits:
             if new is REMOVE or _empty(new):
                 del node[key]
+                if key.startswith("_") and key[1:] not in node:
+                    key = key[1:]  # the extensions of an absent required primitive: still absent
                 info = fields[key].info
                 if mark_absent and info is not None and info.required:
                     _mark_absent(node, key, info.is_list, info.is_primitive)
@@ -419,6 +453,18 @@ _UNKNOWN_INFO = {
 
 
 _BARE_EXTENSION = frozenset({"id", "url"})
+
+
+def _drop_sibling_items(node: dict[str, Any], aligned: list[tuple[str, set[int]]]) -> None:
+    """Remove from each ``_key`` list the positions removed from ``key`` (extensions of removed values)."""
+    for key, removed in aligned:
+        sibling = node.get("_" + key)
+        if isinstance(sibling, list):
+            kept = [item for index, item in enumerate(sibling) if index not in removed]
+            if any(item is not None for item in kept):
+                node["_" + key] = kept
+            else:
+                del node["_" + key]
 
 
 def _is_extension(field_plan: FieldPlan) -> bool:

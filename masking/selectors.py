@@ -72,9 +72,8 @@ class Predicate:
 
     def holds(self, item: Any) -> bool:
         """Whether the item passes; as in FHIRPath, a missing (or non-text) value never does."""
-        if self.field is None:
-            value = item
-        else:
+        value = item
+        if self.field is not None:
             value = item.get(self.field) if isinstance(item, dict) else None
         if not isinstance(value, str):
             return False

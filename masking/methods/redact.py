@@ -88,7 +88,9 @@ class Redact:
     def apply(self, leaf: Leaf, context: MaskContext) -> Any:
         """Remove the value, or keep its permitted part (see the module docstring)."""
         if leaf.type_name in DATE_TYPES:
-            return redact_date(leaf.value, context.today, partial=self._dates, compat=self._compat)
+            # a year alone is no valid instant: natively an instant is removed whole (MS keeps the year)
+            partial = self._dates and (self._compat or leaf.type_name != "instant")
+            return redact_date(leaf.value, context.today, partial=partial, compat=self._compat)
         if self._ages and leaf.parent_type == "Age" and leaf.name == "value":
             return self._age(leaf.value)
         if self._zips and leaf.name.lower() == "postalcode":
