@@ -59,6 +59,11 @@ class CompiledProfile:
             marks_of=self._marks if self._fhirpath else _no_marks,
         )
 
+    def warm(self) -> int:
+        """Build the plans of every resource type now (the proxy does this at start-up, so the first
+        requests are not slower); returns the number of plan nodes."""
+        return self._walker.warm()
+
     @property
     def name(self) -> str:
         """The profile's name."""

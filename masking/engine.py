@@ -107,6 +107,10 @@ class Walker:
         self._marks_of = marks_of
         self._roots: dict[str, PlanNode] = {}
 
+    def warm(self) -> int:
+        """Build every plan now; returns the number of plan nodes."""
+        return self._planner.warm()
+
     def mask(
         self,
         resource: dict[str, Any],

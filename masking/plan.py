@@ -179,6 +179,25 @@ class Planner:
             found = self._nodes[key] = PlanNode(self, type_name, pending, governing, limit, exhaustive)
         return found
 
+    def warm(self) -> int:
+        """Build every plan node reachable from every resource type now (the walk would otherwise build
+        them on first use); returns how many nodes there are."""
+        stack = [
+            self.root(name) for name in fhir_types.complex_type_graph() if fhir_types.is_resource_type(name)
+        ]
+        seen: set[int] = set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            for key in fhir_types.elements(node.type_name):
+                plan = node.fields[key]
+                for child in (plan.child, plan.protect, plan.base.child if plan.base else None):
+                    if child is not None:
+                        stack.append(child)
+        return len(seen)
+
     def marked_plan(self, node: PlanNode, key: str, rule: CompiledRule) -> FieldPlan:
         """The plan for ``key`` when a FHIRPath rule also matched it (memoised)."""
         memo_key = (id(node), key, rule.index)

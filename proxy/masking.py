@@ -62,6 +62,7 @@ class MaskingPolicy:
             try:
                 profile = _load(source.builtin, source.file)
                 compiled[name] = compile_profile(profile, keys, environ=environ, source=where)
+                compiled[name].warm()
             except ProfileError as error:
                 problems += [
                     (f"{where}: {path}" if path != "(file)" else where, msg) for path, msg in error.problems

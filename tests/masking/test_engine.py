@@ -306,3 +306,11 @@ def test_where_step_continues_into_the_passing_items() -> None:
     compiled = profile([{"path": "Patient.name.where(use = 'official').family", "method": "redact"}])
     resource = {"resourceType": "Patient", "name": [{"use": "official", "family": "Roe"}, {"family": "Doe"}]}
     assert masked(compiled, resource)["name"] == [{"use": "official"}, {"family": "Doe"}]
+
+
+def test_warming_builds_every_plan_up_front() -> None:
+    compiled = profile([{"path": "nodesByType('HumanName')", "method": "redact"}])
+    nodes = compiled.warm()
+    assert nodes > 100
+    assert compiled.warm() == nodes
+    assert "name" not in masked(compiled, PATIENT)
