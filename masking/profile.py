@@ -9,6 +9,7 @@ self-contained examples, from the profile's own ``keys`` section.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ __all__ = [
     "Rule",
     "load_profile",
     "parse_profile",
+    "profile_schema_text",
 ]
 
 HHS_RESTRICTED_ZIP3 = (
@@ -168,3 +170,11 @@ def load_profile(path: Path) -> Profile:
     if not isinstance(data, dict):
         raise ProfileError(str(path), [("(root)", "a profile is a mapping")])
     return parse_profile(data, str(path))
+
+
+def profile_schema_text() -> str:
+    """The profile file's JSON Schema, as shipped in ``masking/profile.schema.json``."""
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "fhirwall masking profile"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

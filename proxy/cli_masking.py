@@ -17,7 +17,7 @@ from masking.builtin import builtin_profile_names, load_builtin_profile
 from masking.compiler import CompiledProfile, compile_profile
 from masking.keys import KeySource, resolve_keys
 from masking.offline import FileMaskingError, MaskJob, Progress, input_files
-from masking.profile import Profile, ProfileError, load_profile
+from masking.profile import Profile, ProfileError, load_profile, profile_schema_text
 from proxy.settings import ConfigError
 
 __all__ = ["add_masking_commands"]
@@ -44,6 +44,9 @@ def add_masking_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     mask.add_argument("--today", type=date.fromisoformat, help="pin the date ages are computed from")
     mask.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     mask.set_defaults(handler=_mask)
+
+    schema = commands.add_parser("profile-schema", help="print the JSON Schema of masking profile files")
+    schema.set_defaults(handler=_profile_schema)
 
     imp = commands.add_parser(
         "import-anonymizer-config", help="convert a Microsoft FHIR anonymizer config into a fhirwall profile"
@@ -170,6 +173,11 @@ def _progress(total: int, show: bool) -> Iterator[Progress | None]:
     with Bar(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("mask", total=total or None)
         yield lambda size: bar.advance(task, size)
+
+
+def _profile_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(profile_schema_text())
+    return 0
 
 
 def _import_config(args: argparse.Namespace) -> int:

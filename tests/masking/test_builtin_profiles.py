@@ -18,6 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -25,7 +26,7 @@ import masking.methods  # noqa: F401  (registers the built-in methods)
 from masking.builtin import builtin_profile_names, load_builtin_profile
 from masking.compiler import compile_profile
 from masking.methods.base import known_methods
-from masking.profile import HHS_RESTRICTED_ZIP3, Profile, parse_profile
+from masking.profile import HHS_RESTRICTED_ZIP3, Profile, parse_profile, profile_schema_text
 from masking.selectors import parse_selector
 
 BUILTINS = ["limited-data-set", "minimum-necessary-payment", "minimum-necessary-research", "safe-harbor"]
@@ -557,3 +558,16 @@ def _dates(resource: dict[str, Any]) -> set[tuple[str, str]]:
 
     walk(resource, "")
     return found
+
+
+def test_shipped_profile_schema_is_current_and_accepts_every_builtin_profile() -> None:
+    shipped = (Path(__file__).resolve().parents[2] / "masking" / "profile.schema.json").read_text()
+    assert shipped == profile_schema_text(), (
+        "regenerate with: fhirwall profile-schema > masking/profile.schema.json"
+    )
+    schema = json.loads(shipped)
+    for name in builtin_profile_names():
+        text = (Path(__file__).resolve().parents[2] / "masking" / "profiles" / f"{name}.yaml").read_text()
+        jsonschema.validate(yaml.safe_load(text), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "x", "rules": [], "mode": "sloppy"}, schema)
