@@ -13,11 +13,20 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
+import orjson
+
 import masking.methods  # noqa: F401  (registers the built-in methods)
+from masking.cache import MaskCache
 from masking.engine import MaskingError, MaskStats, Walker
 from masking.keys import resolve_keys
 from masking.locations import Mark, marks_of
-from masking.methods.base import Keyring, MethodConfigError, ProfileParameters, method_factory
+from masking.methods.base import (
+    Keyring,
+    MethodConfigError,
+    ProfileParameters,
+    is_deterministic,
+    method_factory,
+)
 from masking.patients import patient_of
 from masking.plan import CompiledRule, Planner
 from masking.profile import Profile, ProfileError
@@ -42,6 +51,7 @@ class CompiledProfile:
         self.profile = profile
         self.parameters = parameters
         self.rules = rules
+        self._cache: MaskCache | None = None
         self._fhirpath = [
             (rule, sel)
             for rule, sel in zip(rules, selectors, strict=True)
@@ -58,6 +68,34 @@ class CompiledProfile:
             patient_of=patient_of,
             marks_of=self._marks if self._fhirpath else _no_marks,
         )
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether masking the same resource twice gives the same result (so results may be cached)."""
+        return all(is_deterministic(rule.method) for rule in self.rules)
+
+    def enable_cache(self, max_entries: int) -> bool:
+        """Reuse masked results of resources seen before (``mask_json``), if the profile is deterministic;
+        returns whether the cache is on."""
+        self._cache = MaskCache(max_entries) if self.deterministic and max_entries > 0 else None
+        return self._cache is not None
+
+    def mask_json(self, body: bytes, *, stats: MaskStats | None = None, today: date | None = None) -> bytes:
+        """Mask a serialized resource (or Bundle) and serialize the result, through the cache when on.
+
+        Raises ``MaskingError``; a resource the profile drops (``processing_errors: skip``) is an error here.
+        """
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise MaskingError("the answer is not JSON") from None
+        if not isinstance(document, dict):
+            raise MaskingError("the answer is not a JSON object")
+        own = stats if stats is not None else MaskStats()
+        masked = self._walker.mask(document, own, today=today, cache=self._cache)
+        if masked is None:
+            raise MaskingError("the resource could not be masked")
+        return orjson.dumps(masked)
 
     def warm(self) -> int:
         """Build the plans of every resource type now (the proxy does this at start-up, so the first

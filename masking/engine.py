@@ -10,17 +10,19 @@ its narrative.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import orjson
+
 from masking import fhir_types
+from masking.cache import CachedMask, MaskCache
 from masking.labels import add_security_labels
 from masking.locations import Mark
 from masking.methods.base import KEEP, REMOVE, Leaf, MaskContext, Relabelled
 from masking.plan import CompiledRule, FieldKind, FieldPlan, Planner, PlanNode
+from masking.stats import MaskStats
 
 __all__ = ["DATA_ABSENT_REASON_URL", "MaskStats", "MaskingError", "Walker"]
 
@@ -36,27 +38,10 @@ class MaskingError(Exception):
     """A resource could not be masked; it must not be released."""
 
 
-@dataclass(slots=True)
-class MaskStats:
-    """What a masking call did: resources seen/changed/dropped and values changed per method."""
-
-    resources: int = 0
-    changed: int = 0
-    dropped: int = 0
-    by_method: Counter[str] = field(default_factory=Counter)
-
-    def merge(self, other: MaskStats) -> None:
-        """Add ``other``'s counts to these."""
-        self.resources += other.resources
-        self.changed += other.changed
-        self.dropped += other.dropped
-        self.by_method.update(other.by_method)
-
-
 class _Run:
     """Per-resource walk state."""
 
-    __slots__ = ("changed", "context", "labels", "marks", "matches", "patients", "stats")
+    __slots__ = ("cache", "changed", "context", "labels", "marks", "matches", "patients", "stats")
 
     def __init__(
         self,
@@ -64,7 +49,9 @@ class _Run:
         marks: dict[Mark, CompiledRule] | None,
         patients: Mapping[str, str],
         stats: MaskStats,
+        cache: MaskCache | None = None,
     ) -> None:
+        self.cache = cache
         self.context = context
         self.marks = marks
         self.patients = patients
@@ -118,9 +105,37 @@ class Walker:
         *,
         scope_key: str | None = None,
         today: date | None = None,
-    ) -> bool:
-        """Mask ``resource`` in place; False when it must be dropped (``processing_errors: skip``)."""
-        return self._resource(resource, None, {}, stats, scope_key, today or date.today())
+        cache: MaskCache | None = None,
+    ) -> Any:
+        """Mask ``resource`` in place and return it -- or, with a ``cache``, return the masked JSON as an
+        ``orjson.Fragment`` -- or None when it must be dropped (``processing_errors: skip``)."""
+        day = today or date.today()
+        if cache is not None and resource.get("resourceType") != "Bundle":
+            return self._cached(resource, {}, stats, scope_key, day, cache)
+        kept = self._resource(resource, None, {}, stats, scope_key, day, cache)
+        return resource if kept else None
+
+    def _cached(
+        self,
+        resource: dict[str, Any],
+        patients: Mapping[str, str],
+        stats: MaskStats,
+        scope_key: str | None,
+        today: date,
+        cache: MaskCache,
+    ) -> Any:
+        """A top-level or entry resource through the cache: a Fragment of its masked JSON, or None."""
+        key = cache.key(orjson.dumps(resource), self._patient_of(resource, patients), today, scope_key)
+        hit = cache.get(key)
+        if hit is None:
+            own = MaskStats()
+            if not self._resource(resource, None, patients, own, scope_key, today, cache):
+                stats.merge(own)
+                return None
+            hit = CachedMask(orjson.Fragment(orjson.dumps(resource)), own)
+            cache.put(key, hit)
+        stats.merge(hit.stats)
+        return hit.fragment
 
     def _resource(
         self,
@@ -130,6 +145,7 @@ class Walker:
         stats: MaskStats,
         scope_key: str | None,
         today: date,
+        cache: MaskCache | None = None,
     ) -> bool:
         """Mask one resource; False when it is dropped. A contained resource's changes count as its
         container's (labels and narrative belong to the container; dom-5 forbids labels on contained
@@ -145,7 +161,7 @@ class Walker:
                 patients = {**patients, **_bundle_patients(resource, self._patient_of)}
             outer = container.context if container is not None else None
             context = self._context(resource, resource_type, outer, patients, scope_key, today)
-            run = _Run(context, self._marks_of(resource, resource_type), patients, stats)
+            run = _Run(context, self._marks_of(resource, resource_type), patients, stats, cache)
             self._object(resource, self._root(resource_type), run)
             if run.changed and container is not None:
                 container.changed = True
@@ -425,6 +441,11 @@ class Walker:
             raise MaskingError(f"{key} should hold a resource")
         container = run if key == "contained" else None
         context = run.context
+        if container is None and run.cache is not None and value.get("resourceType") != "Bundle":
+            fragment = self._cached(
+                value, run.patients, run.stats, context.scope_key, context.today, run.cache
+            )
+            return REMOVE if fragment is None else fragment
         kept = self._resource(value, container, run.patients, run.stats, context.scope_key, context.today)
         return value if kept else REMOVE
 
@@ -437,18 +458,23 @@ class Walker:
         *,
         mark_absent: bool,
     ) -> None:
-        """Write the changed values; a required element that had to go is marked absent (native mode)
-        unless the whole enclosing element is itself being masked by a rule."""
+        """Write the changed values. A removed primitive takes its ``_x`` extensions with it (they qualify
+        a value that is gone); a required element that had to go is marked absent (native mode) unless the
+        whole enclosing element is itself being masked by a rule."""
+        removed: list[str] = []
         for key, new in edits:
             if new is REMOVE or _empty(new):
                 del node[key]
-                if key.startswith("_") and key[1:] not in node:
-                    key = key[1:]  # the extensions of an absent required primitive: still absent
-                info = fields[key].info
-                if mark_absent and info is not None and info.required:
-                    _mark_absent(node, key, info.is_list, info.is_primitive)
+                removed.append(key[1:] if key.startswith("_") else key)
             else:
                 node[key] = new
+        for key in removed:
+            if key in node:
+                continue  # only the extensions of a primitive that is still there went
+            node.pop("_" + key, None)
+            info = fields[key].info
+            if mark_absent and info is not None and info.required:
+                _mark_absent(node, key, info.is_list, info.is_primitive)
 
 
 _UNKNOWN_INFO = {

@@ -239,14 +239,16 @@ class Planner:
             return FieldPlan(FieldKind.RESOURCE, info)
         base = fhir_types.element(node.type_name, key[1:]) if key.startswith("_") else None
         here, spawned, conditions = self._matches(node, base or info)
+        if base is not None:
+            here = (
+                None  # ``_x`` holds the extensions of ``x``: they go when ``x`` goes, else keep their rules
+            )
         if conditions and conditional and base is None:
             plain = self.field_plan(node, key, extra, extra_pending, conditional=False)
             return FieldPlan(FieldKind.CONDITIONAL, info, conditions=tuple(conditions), base=plain)
         spawned += extra_pending or ()
         here = _first(here, extra)
         governing = _first(node.governing, here)
-        if base is not None and governing is here and here is not None and here.method_name != "redact":
-            governing = node.governing  # a primitive's extensions (``_x``) are only swept away by redact
         limit = min(node.limit, governing.index if governing else NO_LIMIT)
         pending = frozenset(s for s in spawned if s[0] < limit)
         if info.is_primitive:

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from masking.builtin import load_builtin_profile
 from masking.compiler import CompiledProfile, compile_profile
 from masking.engine import MaskingError, MaskStats
@@ -63,6 +61,7 @@ class MaskingPolicy:
                 profile = _load(source.builtin, source.file)
                 compiled[name] = compile_profile(profile, keys, environ=environ, source=where)
                 compiled[name].warm()
+                compiled[name].enable_cache(settings.cache_entries)
             except ProfileError as error:
                 problems += [
                     (f"{where}: {path}" if path != "(file)" else where, msg) for path, msg in error.problems
@@ -103,14 +102,8 @@ class MaskingPolicy:
         """Mask a JSON answer; ``MaskingFailedError`` rather than ever returning it unmasked."""
         stats = MaskStats()
         try:
-            document = orjson.loads(body)
-            if not isinstance(document, dict):
-                raise MaskingError("the answer is not a JSON object")
-            masked = profile.mask(document, stats=stats)
-            if masked is None:
-                raise MaskingError("the resource could not be masked")
-            return MaskedBody(orjson.dumps(masked), profile.name, stats)
-        except (MaskingError, orjson.JSONDecodeError) as exc:
+            return MaskedBody(profile.mask_json(body, stats=stats), profile.name, stats)
+        except MaskingError as exc:
             raise MaskingFailedError(profile.name) from exc
 
 

@@ -493,6 +493,13 @@ class MaskingSettings(_Model):
         None, description="Request header a client may use to ask for a profile (only values rules allow)."
     )
     reidentification: ReidentificationSettings = Field(default_factory=ReidentificationSettings)
+    cache_entries: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Masked resources kept per profile for reuse, by content digest (0: off; "
+        "profiles with random methods are never cached).",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "ProfileParameters",
     "Relabelled",
     "common_problems",
+    "is_deterministic",
     "known_methods",
     "method_factory",
     "register_method",
@@ -203,6 +204,12 @@ def common_problems(
     if params.mode not in MODES:
         problems.append(f"{method}: unknown mode {params.mode!r} (expected native or compatibility)")
     return problems
+
+
+def is_deterministic(method: MaskingMethod) -> bool:
+    """Whether the method always gives the same output for the same input and context (methods say
+    otherwise with a ``deterministic = False`` attribute: random noise, random IVs, the clock)."""
+    return bool(getattr(method, "deterministic", True))
 
 
 MethodFactory = Callable[[Mapping[str, Any], ProfileParameters], MaskingMethod]

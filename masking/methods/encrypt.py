@@ -47,6 +47,7 @@ class AesCbcEncrypt:
 
     def __init__(self, key: bytes) -> None:
         self.label = "ENCRYPT"
+        self.deterministic = False  # a random IV each time
         self._algorithm = algorithms.AES(key)
 
     def apply(self, leaf: Leaf, context: MaskContext) -> Any:

@@ -84,6 +84,7 @@ class Generalize:
         self._others: Any = kept if keep_others else (REMOVE if compat else Relabelled(REMOVE, "REDACTED"))
         self._emptied: Any = REMOVE if compat else Relabelled(REMOVE, "REDACTED")
         self._cache: dict[tuple[str, Any], Any] | None = {} if cache else None
+        self.deterministic = cache  # expressions reading the clock are not
 
     def apply(self, leaf: Leaf, context: MaskContext) -> Any:
         """The first matching case's result, else the ``otherValues`` outcome."""

@@ -50,6 +50,7 @@ class Perturb:
         rng: random.Random | None = None,
     ) -> None:
         self.label = "PERTURBED" if compat else "MASKED"
+        self.deterministic = False  # fresh noise each time
         self._span = span
         self._proportional = proportional
         self._quantum = Decimal(1).scaleb(-round_to)

@@ -52,6 +52,9 @@ def redact_date(value: Any, today: date, *, partial: bool, compat: bool) -> Any:
     year = parsed.year_text
     if compat:
         return year
+    year_start = parse_fhir_date(year)
+    if year_start is None or age_over_threshold(year_start, today):
+        return REMOVE  # natively the kept year must not itself indicate an age over 89 (idempotent too)
     return KEEP if year == value else Relabelled(year, ABSTRED)
 
 

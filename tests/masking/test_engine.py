@@ -6,6 +6,7 @@ import copy
 from datetime import date
 from typing import Any
 
+import orjson
 import pytest
 
 from masking import MaskingError, MaskStats, ProfileError, compile_profile, parse_profile
@@ -314,3 +315,45 @@ def test_warming_builds_every_plan_up_front() -> None:
     assert nodes > 100
     assert compiled.warm() == nodes
     assert "name" not in masked(compiled, PATIENT)
+
+
+def test_cached_results_equal_fresh_ones_and_count_the_same() -> None:
+    rules = [
+        {"path": "Resource.id", "method": "cryptoHash"},
+        {"path": "nodesByType('Reference').reference", "method": "cryptoHash"},
+        {"path": "nodesByType('HumanName')", "method": "redact"},
+    ]
+    fresh, cached = profile(rules), profile(rules)
+    assert cached.enable_cache(100)
+    observation = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": PATIENT}, {"resource": observation}],
+    }
+    body = orjson.dumps(bundle)
+    expected = fresh.mask_json(body)
+    for _ in range(2):
+        stats = MaskStats()
+        assert cached.mask_json(body, stats=stats) == expected
+        assert (stats.resources, stats.changed) == (3, 2)  # the Bundle itself has nothing to mask
+    assert len(cached._cache or ()) == 2  # the two entries; the Bundle itself is never cached
+    assert cached.mask_json(orjson.dumps(PATIENT)) == fresh.mask_json(orjson.dumps(PATIENT))
+
+
+def test_profiles_with_random_methods_are_not_cached() -> None:
+    compiled = profile([{"path": "nodesByType('Quantity').value", "method": "perturb", "span": 1}])
+    assert not compiled.deterministic
+    assert not compiled.enable_cache(100)
+
+
+def test_mask_json_refuses_what_is_not_a_resource() -> None:
+    compiled = profile([{"path": "Resource.id", "method": "redact"}])
+    for body in (b"[1]", b"not json", b'{"resourceType": "Nope"}'):
+        with pytest.raises(MaskingError):
+            compiled.mask_json(body)
