@@ -125,7 +125,9 @@ class Walker:
         cache: MaskCache,
     ) -> Any:
         """A top-level or entry resource through the cache: a Fragment of its masked JSON, or None."""
-        key = cache.key(orjson.dumps(resource), self._patient_of(resource, patients), today, scope_key)
+        # without Bundle-provided patients the patient follows from the content itself (it is in the digest)
+        patient = self._patient_of(resource, patients) if patients else None
+        key = cache.key(orjson.dumps(resource), patient, today, scope_key)
         hit = cache.get(key)
         if hit is None:
             own = MaskStats()
