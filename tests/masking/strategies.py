@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 __all__ = [
     "BIRTH_PLACE_URL",
     "QUALIFIER_URL",
-    "BirthDates",
     "PatientCase",
     "PatientRecord",
     "Secrets",
@@ -100,9 +99,6 @@ class PatientCase:
 
     resource: Resource
     secrets: Secrets
-
-
-BirthDates = st.SearchStrategy[date]
 
 
 # ---- primitive values ------------------------------------------------------------------------------

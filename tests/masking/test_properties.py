@@ -3,7 +3,7 @@
 1. redacted values never reappear (narrative and extensions included);
 2. a keep-everything profile, or one whose rules match nothing, is the identity;
 3. redact/keep profiles are idempotent;
-4. a resource gets security labels exactly when its own content changed (native mode);
+4. a resource gets security labels exactly when its content (contained resources included) changed;
 5. safe-harbor output still validates as FHIR R4B;
 6. pseudonyms of ids, references and fullUrls agree across resources and mask() calls;
 7. native date shifts are per patient: a patient's intervals survive, and no date stays put;
@@ -11,7 +11,8 @@
 
 Also (found by these properties, now regression tests): a required primitive stays marked absent when
 re-masked; a masked contained resource labels and de-narrates its container; year-only safe-harbor output
-validates (no year-only instants); removing items of a primitive list keeps ``_x`` aligned.
+validates (no year-only instants); removing items of a primitive list keeps ``_x`` aligned; a year kept by
+partial-date redaction never itself reads as an age over 89.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from tests.masking.strategies import (
 )
 
 Resource = dict[str, Any]
-Path_ = tuple[str | int, ...]
+JsonPath = tuple[str | int, ...]
 
 TODAY = date(2026, 1, 1)
 LABEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
@@ -151,7 +152,7 @@ _DATE_KEYS = frozenset(
 )
 
 
-def dates_in(node: Any, path: Path_ = (), *, into_entries: bool = True) -> Iterator[tuple[Path_, str]]:
+def dates_in(node: Any, path: JsonPath = (), *, into_entries: bool = True) -> Iterator[tuple[JsonPath, str]]:
     """(path, value) of every date/dateTime/instant value the generators place."""
     if isinstance(node, dict):
         for key, value in node.items():
@@ -166,7 +167,7 @@ def dates_in(node: Any, path: Path_ = (), *, into_entries: bool = True) -> Itera
             yield from dates_in(item, (*path, index), into_entries=into_entries)
 
 
-def at(node: Any, path: Path_) -> Any:
+def at(node: Any, path: JsonPath) -> Any:
     for step in path:
         node = node[step]
     return node
