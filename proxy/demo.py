@@ -3,6 +3,7 @@ issuer, one token per persona, and requests to paste — one each persona may ma
 
 from __future__ import annotations
 
+import secrets
 import shlex
 import sys
 import threading
@@ -28,6 +29,17 @@ from proxy.settings import load_settings
 __all__ = ["run_demo"]
 
 MAX_DEMO_PATIENTS = 6
+RESEARCH_CLIENT = PERSONAS["research"].client_id
+DEMO_MASKING: dict[str, Any] = {
+    "masking.keys": {  # fresh for every demo run; real deployments read keys from secrets
+        "hash": {"value": secrets.token_hex(32), "encoding": "hex"},
+        "date-shift": {"value": secrets.token_hex(32), "encoding": "hex"},
+    },
+    "masking.profiles": {"safe-harbor": {"builtin": "safe-harbor"}},
+    "masking.selection": [{"client_id": [RESEARCH_CLIENT], "profile": "safe-harbor"}],
+    "masking.default_profile": "none",
+    "masking.reidentification.roles": ["privacy-officer"],
+}
 DEMO_KEY_FILE = Path(".fhirwall-dev/issuer-key.pem")
 TOKEN_LIFETIME_SECONDS = 8 * 3600
 
@@ -77,6 +89,7 @@ def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
                     "eligible_roles": [BREAK_GLASS_ROLE],
                     "justification_claim": "btg_reason",
                 },
+                **DEMO_MASKING,
             },
         )
         issuer = DevIssuer(load_or_create_key(DEMO_KEY_FILE), issuer_url)
@@ -165,12 +178,22 @@ def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer, scena
             ("GET", f"{base}/Patient?_count=3", "200: system/*.rs reads everything"),
             ("POST", f"{base}/Patient", "403: system/*.rs cannot create"),
         ),
+        "research": (
+            (
+                "GET",
+                f"{base}/Patient?_count=2",
+                "200: no names, addresses, contact details, identifiers, ids or exact dates (Safe Harbor)",
+            ),
+            ("POST", f"{base}/$reidentify", "403: re-identification is for explicitly authorised roles only"),
+        ),
     }
     bodies = {"POST": '{"resourceType":"Patient"}'}
     for name, persona in PERSONAS.items():
         lines.append(f"  [{name}] {persona.description}")
         for method, url, expect in examples[name]:
             body = bodies["POST"] if method == "POST" and url.endswith("/Patient") else None
+            if url.endswith("/$reidentify"):
+                body = '{"resourceType":"Parameters","parameter":[{"name":"pseudonym","valueString":"k1.x"}]}'
             if url.endswith("/Consent"):
                 body = (
                     '{"resourceType":"Consent","status":"active","scope":{"text":"x"},'

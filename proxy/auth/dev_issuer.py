@@ -64,6 +64,12 @@ PERSONAS: dict[str, Persona] = {
         Persona(
             "backend", "demo-backend", "system/*.rs", "a backend service: read everything, write nothing"
         ),
+        Persona(
+            "research",
+            "demo-research",
+            "system/*.rs",
+            "a research partner: reads everything, de-identified by the built-in Safe Harbor profile",
+        ),
     )
 }
 

@@ -63,11 +63,19 @@ def test_demo_starts_and_every_printed_request_behaves_as_printed(tmp_path: Path
         output = read_banner(process)
         assert "Press Ctrl-C" in output, output
         tokens = dict(re.findall(r"export (\w+)=(\S+)", output))
-        assert len(tokens) == 6
+        assert len(tokens) == 7
         checks = re.findall(r"# (\d{3}): .*\n\s+(curl .*)", output)
-        assert len(checks) == 15
+        assert len(checks) == 17
         for expected, curl in checks:
             assert run_printed_curl(curl, tokens) == int(expected), curl
+        base = f"http://127.0.0.1:{proxy_port}/fhir"
+        for variable, masked in (("RESEARCH_TOKEN", True), ("BACKEND_TOKEN", False)):
+            headers = {"authorization": f"Bearer {tokens[variable]}"}
+            patients = httpx.get(f"{base}/Patient?_count=2", headers=headers, timeout=30).json()["entry"]
+            for entry in patients:
+                codes = {c["code"] for c in entry["resource"].get("meta", {}).get("security", [])}
+                assert ("name" not in entry["resource"]) is masked
+                assert ("ANONYED" in codes) is masked
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
