@@ -306,7 +306,9 @@ class Planner:
                 spawned.append((index, steps[1:]))
         for rule, selector in self._anchors:
             if rule.index < node.limit and _anchor_matches(selector, info, name):
-                if selector.steps:
+                if selector.anchor_test is not None:
+                    conditions.append((selector.anchor_test, rule.index, selector.steps))
+                elif selector.steps:
                     spawned.append((rule.index, selector.steps))
                 else:
                     here = _first(here, rule)

@@ -52,7 +52,10 @@ _PREDICATE = (
 )
 _STEP = rf"\.{_IDENT}(?:\.where\(\s*{_PREDICATE}\s*\))?"
 _STEP_PARTS = re.compile(rf"\.({_IDENT})(?:\.where\(\s*{_PREDICATE}\s*\))?")
-_ANCHOR_FN = re.compile(rf"^nodesBy(Type|Name)\(\s*'({_IDENT})'\s*\)((?:{_STEP})*)$")
+_ANCHOR_WHERE = rf"(?:\.where\(\s*{_PREDICATE}\s*\))?"
+_ANCHOR_FN = re.compile(
+    rf"^nodesBy(?P<kind>Type|Name)\(\s*'(?P<target>{_IDENT})'\s*\)(?P<test>{_ANCHOR_WHERE})(?P<rest>(?:{_STEP})*)$"
+)
 _PLAIN = re.compile(rf"^({_IDENT})((?:{_STEP})*)$")
 _LEADING_TYPE = re.compile(r"^([A-Z][A-Za-z]*)\b")
 
@@ -108,6 +111,8 @@ class FastSelector:
     anchor: Literal["root", "type", "name"]
     target: str
     steps: tuple[Step, ...]
+    anchor_test: Predicate | None = None
+    """``nodesByType('T').where(...)``: only anchored nodes passing the test."""
 
     def roots(self, resource_type: str) -> bool:
         """Whether a root anchor applies to resources of ``resource_type``."""
@@ -137,7 +142,15 @@ def parse_selector(path: str) -> Selector:
         raise SelectorError("empty path")
     anchored = _ANCHOR_FN.match(text)
     if anchored:
-        return _anchored(anchored.group(1), anchored.group(2), _steps(anchored.group(3)))
+        test = anchored.group("test")
+        selector = _anchored(anchored.group("kind"), anchored.group("target"), _steps(anchored.group("rest")))
+        if not test:
+            return selector
+        narrowed = _STEP_PARTS.match(".anchor" + test)
+        step = _step(narrowed) if narrowed else None
+        if not isinstance(step, Where):
+            raise SelectorError(f"cannot read the test {test!r}")
+        return FastSelector(selector.anchor, selector.target, selector.steps, step.predicate)
     plain = _PLAIN.match(text)
     if plain and _is_resource_root(plain.group(1)):
         return _rooted(plain.group(1), _steps(plain.group(2)))

@@ -357,3 +357,37 @@ def test_mask_json_refuses_what_is_not_a_resource() -> None:
     for body in (b"[1]", b"not json", b'{"resourceType": "Nope"}'):
         with pytest.raises(MaskingError):
             compiled.mask_json(body)
+
+
+def test_a_where_test_right_after_a_type_anchor() -> None:
+    compiled = profile(
+        [
+            {
+                "path": "nodesByType('Reference').where(reference.startsWith('Patient/')).reference",
+                "method": "redact",
+            },
+            {"path": "Resource.id", "method": "keep"},
+        ]
+    )
+    assert not compiled._fhirpath
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "Patient/p1", "display": "Jane"},
+        "performer": [{"reference": "Practitioner/d1"}],
+    }
+    result = masked(compiled, observation)
+    assert result["subject"] == {"display": "Jane"}
+    assert result["performer"] == [{"reference": "Practitioner/d1"}]
+
+
+def test_the_example_profiles_compile() -> None:
+    from pathlib import Path
+
+    from masking import load_profile
+
+    folder = Path(__file__).resolve().parents[2] / "examples" / "masking"
+    keys = {"hash": b"h", "date-shift": b"d", "pseudonym-2026": b"p" * 32}
+    for path in sorted(folder.glob("*.yaml")):
+        compiled = compile_profile(load_profile(path), keys)
+        assert masked(compiled, PATIENT)["id"] != PATIENT["id"]
