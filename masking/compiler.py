@@ -27,6 +27,7 @@ from masking.methods.base import (
     is_deterministic,
     method_factory,
 )
+from masking.methods.plugins import load_plugin_methods
 from masking.patients import patient_of
 from masking.plan import CompiledRule, Planner
 from masking.profile import Profile, ProfileError
@@ -149,7 +150,7 @@ def compile_profile(
     source: str | None = None,
 ) -> CompiledProfile:
     """Compile ``profile`` with ``keys`` (named key bytes; they override the profile's own ``keys``)."""
-    problems: Problems = []
+    problems: Problems = load_plugin_methods()
     inline, key_problems = resolve_keys(
         {k: v for k, v in profile.keys.items() if k not in (keys or {})}, environ
     )

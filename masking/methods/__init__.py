@@ -1,7 +1,8 @@
 """Masking methods: the shared interface (``base``) and the built-ins, registered by their profile names.
 
 Built-ins: keep, redact, cryptoHash, encrypt, dateShift, substitute, perturb, generalize. Plug-ins register
-more with ``register_method``.
+more with ``register_method``, or are found through the ``fhirwall.masking_methods`` entry points
+(``masking.methods.plugins``).
 """
 
 from __future__ import annotations
