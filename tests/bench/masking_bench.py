@@ -7,7 +7,8 @@ One command, one run (under a minute on two cores)::
 Three measurements, printed as a table with the targets marked PASS/MISS (printed, never asserted):
 
 a. **engine**: ``CompiledProfile.mask`` over every Synthea transaction Bundle in the data folder
-   (``/work/shared/data/synthea-r4`` by default; ``*.json`` and ``*.json.gz``), in-process, one thread, warm
+   (``$FHIRWALL_SYNTHEA_DIR``, else the bundles in ``examples/data/synthea-r4``; ``*.json`` and
+   ``*.json.gz``), in-process, one thread, warm
    (the profile compiled once, one untimed warm-up pass). Each Bundle is parsed before its timer starts, so
    only masking is timed. Resources are the Bundles' entries. Reported: the median of ``--runs`` runs, once
    with the garbage collector as it is and once with it frozen (``gc.freeze()``) and disabled while masking,
@@ -57,7 +58,7 @@ from masking.profile import Profile
 from proxy.cli import main as fhirwall_main
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = Path("/work/shared/data/synthea-r4")
+DEFAULT_DATA = Path(os.environ.get("FHIRWALL_SYNTHEA_DIR") or REPO / "examples" / "data" / "synthea-r4")
 FALLBACK_DATA = REPO / "examples" / "data" / "synthea-r4"
 PROFILE = "safe-harbor"
 KEYS = {"hash": "bench-hash", "date-shift": "bench-shift", "pseudonym": "0123456789abcdef0123456789abcdef"}

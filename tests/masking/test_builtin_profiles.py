@@ -12,6 +12,7 @@ import base64
 import copy
 import gzip
 import json
+import os
 import re
 from datetime import date
 from importlib.resources import files
@@ -32,7 +33,9 @@ from masking.selectors import parse_selector
 BUILTINS = ["limited-data-set", "minimum-necessary-payment", "minimum-necessary-research", "safe-harbor"]
 KEYS = {"hash": b"h" * 32, "date-shift": b"d" * 32, "pseudonym": b"p" * 64}
 TODAY = date(2025, 1, 1)
-SYNTHEA = Path("/work/shared/data/synthea-r4")
+SYNTHEA = Path(
+    os.environ.get("FHIRWALL_SYNTHEA_DIR") or Path(__file__).resolve().parents[2] / "examples/data/synthea-r4"
+)
 
 MOTHERS_MAIDEN_NAME = (
     "Patient.extension.where(url = 'http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName')"

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import gzip
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Iterator
 from datetime import date
@@ -55,7 +57,9 @@ LABEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 HL7_LABELS = frozenset({"REDACTED", "MASKED", "PSEUDED", "ABSTRED", "ANONYED", "AGGRED", "SUBSETTED"})
 HASH_KEY = "hash-key"
 SHIFT_KEY = "shift-key"
-SYNTHEA = Path("/work/shared/data/synthea-r4")
+SYNTHEA = Path(
+    os.environ.get("FHIRWALL_SYNTHEA_DIR") or Path(__file__).resolve().parents[2] / "examples/data/synthea-r4"
+)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -496,8 +500,9 @@ def test_safe_harbor_output_validates_as_r4b_for_observations(resource: Resource
 def synthea_samples() -> list[Resource]:
     """Per Synthea bundle, a transaction Bundle of its first entry of each resource type (max 12 types)."""
     samples: list[Resource] = []
-    for path in sorted(SYNTHEA.glob("*.json"))[:6]:
-        bundle = orjson.loads(path.read_bytes())
+    for path in sorted([*SYNTHEA.glob("*.json"), *SYNTHEA.glob("*.json.gz")])[:6]:
+        raw = path.read_bytes()
+        bundle = orjson.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
         picked: dict[str, Resource] = {}
         for entry in bundle.get("entry") or ():
             picked.setdefault(entry["resource"]["resourceType"], entry)

@@ -1,7 +1,7 @@
 """The built-in Safe Harbor profile on Synthea R4 bundles: nothing identifying survives, intervals do.
 
-Runs on the bundles shipped in ``examples/data/synthea-r4`` and, when present, on the larger shared set
-(``FHIRWALL_SYNTHEA_DIR`` or ``../shared/data/synthea-r4`` next to the repository).
+Runs on the bundles shipped in ``examples/data/synthea-r4`` and, when ``FHIRWALL_SYNTHEA_DIR`` names a
+folder of more Synthea R4 bundles, on those too.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ DATE_KEYS = re.compile(
 
 def bundle_files() -> list[Path]:
     folders = [REPO / "examples" / "data" / "synthea-r4"]
-    shared = Path(os.environ.get("FHIRWALL_SYNTHEA_DIR", REPO.parent / "shared" / "data" / "synthea-r4"))
-    if shared.is_dir():
-        folders.append(shared)
+    more = os.environ.get("FHIRWALL_SYNTHEA_DIR")
+    if more and Path(more).is_dir():
+        folders.append(Path(more))
     return sorted(p for folder in folders for p in folder.iterdir() if p.name.endswith((".json", ".json.gz")))
 
 
