@@ -39,6 +39,7 @@ def create_app(settings: Settings) -> Starlette:
         state.consent_gate,
         state.masking,
         state.reidentifier,
+        state.audit,
     )
 
     @asynccontextmanager

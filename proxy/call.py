@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masking.compiler import CompiledProfile
+from proxy.audit.record import AuditRecord
 from proxy.body import RawBodyStream
 from proxy.fhir.request import FhirRequest
 from proxy.policy.access import AccessView
@@ -32,3 +33,4 @@ class ProxyCall:
     decision: AccessDecision | None = None
     header_overrides: dict[str, str] = field(default_factory=dict)
     masking: CompiledProfile | None = None
+    audit: AuditRecord | None = None

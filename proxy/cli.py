@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
+from proxy.cli_audit import add_audit_commands
 from proxy.cli_masking import add_masking_commands
 from proxy.settings import ConfigError, Settings, load_settings
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
     token.set_defaults(handler=_token)
     add_masking_commands(commands)
+    add_audit_commands(commands)
     return parser
 
 

@@ -18,6 +18,15 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy.audit.capture import (
+    describe_principal,
+    describe_request,
+    note_error,
+    note_patients_in_body,
+    start_record,
+)
+from proxy.audit.record import AuditRecord, Decision
+from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator
 from proxy.auth.discovery import SmartDiscovery, security_extension
 from proxy.auth.principal import Principal
@@ -86,6 +95,7 @@ class FhirEndpoint:
         consent_gate: ConsentGate | None = None,
         masking: MaskingPolicy | None = None,
         reidentifier: Reidentifier | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -96,25 +106,53 @@ class FhirEndpoint:
         self.consent_gate = consent_gate
         self.masking = masking
         self.reidentifier = reidentifier
+        self.audit = audit
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = self._start_record(scope)
         try:
-            response = await self.handle(scope, receive)
+            response = await self.handle(scope, receive, record)
         except ProxyError as error:
-            response = outcome_response(error)
+            response = self._refusal(error, record)
         except Exception:
             logger.exception("unexpected error while handling a FHIR request")
-            response = outcome_response(ProxyError())
+            response = self._refusal(ProxyError(), record)
+        if record is not None:
+            response = self._recorded(record, response)
         await response(scope, receive, send)
 
-    async def handle(self, scope: Scope, receive: Receive) -> Response:
+    def _start_record(self, scope: Scope) -> AuditRecord | None:
+        if self.audit is None:
+            return None
+        return start_record(scope, scope.get("state", {}).get("request_id", ""))
+
+    def _refusal(self, error: ProxyError, record: AuditRecord | None) -> Response:
+        if record is not None:
+            note_error(record, error)
+        return outcome_response(error)
+
+    def _recorded(self, record: AuditRecord, response: Response) -> Response:
+        """Write the request's audit record before its answer goes out (503 if it cannot be written)."""
+        assert self.audit is not None
+        if not record.status:
+            record.status = response.status_code
+        try:
+            self.audit.submit(record)
+        except ProxyError as error:
+            return outcome_response(error)
+        return response
+
+    async def handle(self, scope: Scope, receive: Receive, record: AuditRecord | None = None) -> Response:
         """Check, forward and answer one request."""
         if self._relative_path(scope) == SMART_CONFIGURATION_PATH:
             return await self._smart_configuration(scope)
         call = self._prepare(scope)
+        call.audit = record
+        if record is not None:
+            describe_request(record, call.request, call.query)
         if call.request.interaction is Interaction.CAPABILITIES:
             return await self._capabilities(call)
         if self.authenticator is not None:
@@ -122,6 +160,8 @@ class FhirEndpoint:
                 call.headers.get("authorization"), call.public_base
             )
             call.view = AccessView(principal, self.settings.policy)
+            if record is not None:
+                describe_principal(record, principal)
             if not is_reidentify(call.request):
                 check_operation_allowed(call.view, call.request)
         if is_reidentify(call.request):
@@ -133,6 +173,8 @@ class FhirEndpoint:
         self._select_masking(call, upstream)
         if call.view is not None:
             await authorize(call, upstream, self._fetch_current)
+            if record is not None:
+                record.decision = Decision.PERMIT
         if call.raw_response or call.raw_body is not None:
             return await self._forward_raw(call, upstream)
         return await self._forward_json(call, upstream)
@@ -225,6 +267,8 @@ class FhirEndpoint:
             raise NotFoundError("re-identification is not configured")
         principal = call.view.principal if call.view is not None else None
         caller = self.reidentifier.authorize(principal, call.request.method)
+        if call.audit is not None:
+            call.audit.decision = Decision.PERMIT
         await self._read_body(call, receive)
         answer = self.reidentifier.reidentify(caller, call.document)
         return fhir_response(200, orjson.dumps(answer), [("cache-control", "no-store")])
@@ -307,6 +351,8 @@ class FhirEndpoint:
             if self.consent_gate is not None:
                 patient = call.view.principal.patient if proven else None
                 body = await self._consent_checked(call, call.view.principal, body, patient)
+            if call.audit is not None:
+                self._note_patients(call.audit, body, call.view.principal.patient if proven else None)
         else:
             head = _check_upstream_json(answer)
             if call.view is not None and head.resourceType != "OperationOutcome":
@@ -315,8 +361,19 @@ class FhirEndpoint:
             body = answer.body
         if call.masking is not None:
             assert self.masking is not None
-            body = self.masking.mask_body(call.masking, body).body
+            masked = self.masking.mask_body(call.masking, body)
+            body = masked.body
+            if call.audit is not None:
+                call.audit.masking_profile = masked.profile
+                call.audit.masked_values = sum(masked.stats.by_method.values())
         return fhir_response(answer.status, self.rewriter.to_public(body, call.public_base), headers)
+
+    def _note_patients(self, record: AuditRecord, body: bytes, proven_patient: str | None) -> None:
+        """The patients an answer carries: proved by the searchset fast path, else read from the body."""
+        if proven_patient is not None:
+            record.patients.add(proven_patient)
+        else:
+            note_patients_in_body(record, body)
 
     def _checked_body(
         self,

@@ -20,6 +20,7 @@ from masking.keys import KeySource
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
+    "AuditSettings",
     "AuthSettings",
     "BreakGlassSettings",
     "ConfigError",
@@ -527,6 +528,38 @@ class MaskingSettings(_Model):
         return self
 
 
+class AuditSettings(_Model):
+    """The audit trail: BALP AuditEvents for every request in a local hash-chained log."""
+
+    log_file: Path | None = Field(
+        None, description="Append-only, hash-chained audit log (JSON lines); unset = off."
+    )
+    log_key_env: str | None = Field(
+        None, description="Env var with the key that signs the log's checkpoints (required with log_file)."
+    )
+    checkpoint_every: int = Field(1000, ge=1, le=1_000_000, description="Records between signed checkpoints.")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval",
+        description="always: fsync every record; interval: about once a second; never: the OS decides.",
+    )
+    on_failure: Literal["refuse", "continue"] = Field(
+        "refuse", description="When the log cannot be written: refuse the request (503) or serve it anyway."
+    )
+    observer_name: str = Field("fhirwall", description="This proxy's name as the AuditEvent observer.")
+    site: str | None = Field(None, description="Site or instance name recorded in AuditEvent.source.site.")
+
+    @model_validator(mode="after")
+    def _key_with_file(self) -> AuditSettings:
+        if self.log_file is not None and not self.log_key_env:
+            raise ValueError("audit.log_file needs audit.log_key_env (the checkpoint signing key)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the audit trail is on."""
+        return self.log_file is not None
+
+
 class RedisSettings(_Model):
     """Shared state for several replicas (optional)."""
 
@@ -553,6 +586,7 @@ class Settings(_Model):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     consent: ConsentSettings = Field(default_factory=ConsentSettings)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _check_consent(self) -> Settings:
@@ -572,6 +606,14 @@ class Settings(_Model):
             )
         if self.auth.mode == "smart" and not self.auth.configured:
             raise ValueError("auth.mode is smart but no issuers, introspection or dev issuer are configured")
+        return self
+
+    @model_validator(mode="after")
+    def _check_audit(self) -> Settings:
+        if self.audit.enabled and self.server.workers > 1:
+            raise ValueError(
+                "audit.log_file takes one writer: run with server.workers 1 (one log per worker next)"
+            )
         return self
 
     @model_validator(mode="after")

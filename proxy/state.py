@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
 from consent.store import CachedConsentStore, FhirConsentStore
+from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
 from proxy.auth.discovery import SmartDiscovery
@@ -56,6 +57,7 @@ class ProxyState:
     consent_gate: ConsentGate | None = field(init=False, default=None)
     masking: MaskingPolicy | None = field(init=False, default=None)
     reidentifier: Reidentifier | None = field(init=False, default=None)
+    audit: AuditTrail | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -67,6 +69,8 @@ class ProxyState:
             self.redis = aioredis.Redis.from_url(
                 settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0
             )
+        if settings.audit.enabled:
+            self.audit = AuditTrail.from_settings(settings.audit)
         if settings.masking.enabled:
             self.masking = MaskingPolicy.from_settings(settings.masking)
             if settings.masking.reidentification.roles:
@@ -116,7 +120,9 @@ class ProxyState:
             await self.consent_cache.start()
 
     async def close(self) -> None:
-        """Close connection pools."""
+        """Close connection pools and the audit log (its final signed checkpoint)."""
+        if self.audit is not None:
+            self.audit.close()
         if self.consent_cache is not None:
             await self.consent_cache.close()
         await self.router.close()

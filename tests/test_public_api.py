@@ -6,7 +6,16 @@ import importlib
 
 import pytest
 
-PACKAGES = ["proxy", "proxy.auth", "proxy.fhir", "proxy.policy", "proxy.upstream", "consent", "masking"]
+PACKAGES = [
+    "proxy",
+    "proxy.auth",
+    "proxy.fhir",
+    "proxy.policy",
+    "proxy.upstream",
+    "proxy.audit",
+    "consent",
+    "masking",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
