@@ -10,6 +10,7 @@ Binary content, which is streamed.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -23,8 +24,10 @@ from proxy.audit.capture import (
     describe_request,
     note_error,
     note_patients_in_body,
+    note_stage,
     start_record,
 )
+from proxy.audit.context import current_record
 from proxy.audit.record import AuditRecord, Decision
 from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator
@@ -113,6 +116,7 @@ class FhirEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = self._start_record(scope)
+        token = current_record.set(record)
         try:
             response = await self.handle(scope, receive, record)
         except ProxyError as error:
@@ -120,6 +124,8 @@ class FhirEndpoint:
         except Exception:
             logger.exception("unexpected error while handling a FHIR request")
             response = self._refusal(ProxyError(), record)
+        finally:
+            current_record.reset(token)
         if record is not None:
             response = self._recorded(record, response)
         await response(scope, receive, send)
@@ -156,9 +162,11 @@ class FhirEndpoint:
         if call.request.interaction is Interaction.CAPABILITIES:
             return await self._capabilities(call)
         if self.authenticator is not None:
+            started = time.time()
             principal = await self.authenticator.authenticate(
                 call.headers.get("authorization"), call.public_base
             )
+            note_stage(record, "token", started)
             call.view = AccessView(principal, self.settings.policy)
             if record is not None:
                 describe_principal(record, principal)
@@ -172,7 +180,9 @@ class FhirEndpoint:
         upstream = self._route(call)
         self._select_masking(call, upstream)
         if call.view is not None:
+            started = time.time()
             await authorize(call, upstream, self._fetch_current)
+            note_stage(record, "policy", started)
             if record is not None:
                 record.decision = Decision.PERMIT
         if call.raw_response or call.raw_body is not None:
@@ -303,9 +313,11 @@ class FhirEndpoint:
         body = call.body
         if body is not None and call.document is not None:
             body = to_upstream(body, call.public_base, upstream.base_url)
+        started = time.time()
         answer = await upstream.send(
             call.request.method, url, headers, body, max_bytes=self._limits.max_upstream_body_bytes
         )
+        note_stage(call.audit, "upstream", started)
         return await self._json_response(call, answer, upstream)
 
     async def _forward_raw(self, call: ProxyCall, upstream: Upstream) -> Response:
@@ -350,7 +362,9 @@ class FhirEndpoint:
             body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
             if self.consent_gate is not None:
                 patient = call.view.principal.patient if proven else None
+                started = time.time()
                 body = await self._consent_checked(call, call.view.principal, body, patient)
+                note_stage(call.audit, "consent", started)
             if call.audit is not None:
                 self._note_patients(call.audit, body, call.view.principal.patient if proven else None)
         else:
@@ -361,7 +375,9 @@ class FhirEndpoint:
             body = answer.body
         if call.masking is not None:
             assert self.masking is not None
+            started = time.time()
             masked = self.masking.mask_body(call.masking, body)
+            note_stage(call.audit, "masking", started)
             body = masked.body
             if call.audit is not None:
                 call.audit.masking_profile = masked.profile

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from masking.keys import KeySource
+from proxy.audit.alerts import AlertSettings
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
@@ -547,6 +548,7 @@ class AuditSettings(_Model):
     )
     observer_name: str = Field("fhirwall", description="This proxy's name as the AuditEvent observer.")
     site: str | None = Field(None, description="Site or instance name recorded in AuditEvent.source.site.")
+    alerts: AlertSettings = Field(default_factory=AlertSettings, description="Anomaly alert rules.")
 
     @model_validator(mode="after")
     def _key_with_file(self) -> AuditSettings:

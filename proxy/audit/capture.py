@@ -6,6 +6,7 @@ Routes are templates (``/Patient/{id}``), never raw paths: ids are PHI.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "describe_request",
     "note_error",
     "note_patients_in_body",
+    "note_stage",
     "route_template",
     "start_record",
 ]
@@ -80,6 +82,12 @@ def note_error(record: AuditRecord, error: ProxyError) -> None:
     hidden_after_decision = isinstance(error, NotFoundError) and record.decision == Decision.PERMIT
     if refused or hidden_after_decision:  # a 404 after a permit: withheld by consent or the compartment
         record.decision = Decision.DENY
+
+
+def note_stage(record: AuditRecord | None, name: str, started: float) -> None:
+    """A timed stage of the request (``token``, ``policy``, ``upstream``, ``consent``, ``masking``)."""
+    if record is not None:
+        record.stages.append((name, started, time.time()))
 
 
 def note_patients_in_body(record: AuditRecord, body: bytes) -> None:

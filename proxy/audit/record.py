@@ -74,6 +74,11 @@ class AuditRecord:
     break_glass: bool = False
     masking_profile: str | None = None
     masked_values: int = 0
+    stages: list[tuple[str, float, float]] = field(default_factory=list)
+    """Timed stages as ``(name, start, end)`` in ``time.time()`` seconds: ``token``, ``policy``, ``consent``,
+    ``upstream``, ``masking`` (telemetry turns them into child spans)."""
+    alerts: list[str] = field(default_factory=list)
+    """Names of the anomaly rules this request set off."""
 
     @property
     def outcome(self) -> str:

@@ -8,11 +8,15 @@ be written, ``on_failure: refuse`` (the default) answers 503 instead of serving 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Mapping
 
+import httpx
+
+from proxy.audit.alerts import Alert, AlertEngine
 from proxy.audit.balp import ObserverInfo, audit_events
 from proxy.audit.chain import AuditChainWriter, AuditLogError
 from proxy.audit.record import AuditRecord
@@ -22,6 +26,18 @@ from proxy.settings import AuditSettings, ConfigError
 __all__ = ["AuditTrail", "AuditUnavailableError"]
 
 logger = logging.getLogger("fhirwall.audit")
+alert_log = logging.getLogger("fhirwall.alert")
+
+
+async def _post_alert(url: str, alert: Alert) -> None:
+    """Deliver one alert to the webhook; failures are logged (the alert is in the log already)."""
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            response = await client.post(url, json=alert.to_json())
+        if response.status_code >= 300:
+            alert_log.error("the alert webhook answered %d", response.status_code)
+    except httpx.HTTPError as exc:
+        alert_log.error("the alert webhook failed: %s", type(exc).__name__)
 
 
 class AuditUnavailableError(ProxyError):
@@ -39,6 +55,8 @@ class AuditTrail:
         self._settings = settings
         self._writer = writer
         self._observer = ObserverInfo(name=settings.observer_name, site=settings.site)
+        self._alerts = AlertEngine(settings.alerts)
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: AuditSettings, environ: Mapping[str, str] | None = None) -> AuditTrail:
@@ -64,6 +82,8 @@ class AuditTrail:
     def submit(self, record: AuditRecord) -> None:
         """Record one request; ``AuditUnavailableError`` when it cannot be and the policy refuses."""
         record.duration_ms = max(0.0, (time.time() - record.started) * 1000)
+        for alert in self._alerts.observe(record):
+            self._raise_alert(record, alert)
         try:
             for event in audit_events(record, observer=self._observer):
                 self._writer.append(event)
@@ -71,6 +91,18 @@ class AuditTrail:
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":
                 raise AuditUnavailableError() from None
+
+    def _raise_alert(self, record: AuditRecord, alert: Alert) -> None:
+        """Log the alert, keep it on the record (telemetry shows it) and post it to the webhook if any."""
+        record.alerts.append(alert.rule)
+        alert_log.warning(
+            "ALERT %s actor=%s count=%d request=%s", alert.rule, alert.actor, alert.count, alert.request_id
+        )
+        url = self._settings.alerts.webhook_url
+        if url:
+            task = asyncio.get_running_loop().create_task(_post_alert(url, alert))
+            self._webhook_tasks.add(task)
+            task.add_done_callback(self._webhook_tasks.discard)
 
     def close(self) -> None:
         """Write the final signed checkpoint and close the log."""

@@ -26,6 +26,7 @@ from consent.facts import ResourceFacts, facts_of
 from consent.model import ConsentDirective, resource_independent
 from consent.purpose import BREAK_GLASS_CODES
 from consent.store import ConsentStore
+from proxy.audit.context import note_consent_verdict
 from proxy.auth.principal import Principal, claim_at
 from proxy.errors import NotFoundError
 from proxy.fhir.compartment import patient_id_of_reference, patient_references
@@ -73,7 +74,7 @@ class ConsentGate:
         self.store = store
         self.actors = actors
         self.hide_existence = hide_existence
-        self._recent: dict[tuple[str, int, tuple[Any, ...]], tuple[float, Any, bool]] = {}
+        self._recent: dict[tuple[str, int, tuple[Any, ...]], tuple[float, Any, ConsentVerdict]] = {}
 
     async def check_resource(self, principal: Principal, body: bytes) -> None:
         """Raise when the patients' consent does not permit returning the resource in ``body``."""
@@ -149,12 +150,13 @@ class ConsentGate:
         now = time.monotonic()
         remembered = self._recent.get(key)
         if remembered is not None and remembered[0] > now and remembered[1] is consents[patient]:
-            return remembered[2]
-        permitted = self._decide(requester, _NEUTRAL_FACTS, {patient}, consents, "resource").permitted
+            note_consent_verdict(remembered[2])  # a reused verdict still counts for this request's audit
+            return bool(remembered[2].permitted)
+        verdict = self._decide(requester, _NEUTRAL_FACTS, {patient}, consents, "resource")
         if len(self._recent) > 10_000:
             self._recent.clear()
-        self._recent[key] = (now + _VERDICT_SECONDS, consents[patient], permitted)
-        return permitted
+        self._recent[key] = (now + _VERDICT_SECONDS, consents[patient], verdict)
+        return verdict.permitted
 
     def _nothing_to_withhold(
         self, principal: Principal, consents: Consents, body: bytes, *, total_gone: bool = False
@@ -229,6 +231,7 @@ class ConsentGate:
             for patient in sorted(patients)
         ]
         chosen = next((verdict for verdict in verdicts if not verdict.permitted), verdicts[0])
+        note_consent_verdict(chosen)
         if chosen.permitted and chosen.basis == "break-glass":
             principal = requester.principal
             logger.warning(

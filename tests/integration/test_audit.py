@@ -53,6 +53,7 @@ def audit(upstream: SeededUpstream, tmp_path_factory: pytest.TempPathFactory) ->
             "audit.log_file": str(log),
             "audit.log_key_env": "FHIRWALL_TEST_AUDIT_KEY",
             "audit.checkpoint_every": 5,
+            "audit.alerts": {"distinct_patients": 2, "window_minutes": 5},
         },
     )
     with pytest.MonkeyPatch.context() as patch:
@@ -129,3 +130,19 @@ def test_the_log_verifies_and_holds_no_duplicates(audit: AuditSetup) -> None:
     assert report.ok, report.problems
     ids = [event["id"] for event in read_events(audit.log)]
     assert len(ids) == len(set(ids))
+
+
+def test_touching_many_patients_raises_an_alert(audit: AuditSetup, caplog: pytest.LogCaptureFixture) -> None:
+    token_claims = {"sub": "curious-" + uuid.uuid4().hex[:6]}
+    with (
+        caplog.at_level("WARNING", logger="fhirwall.alert"),
+        audit.client("system/*.rs", **token_claims) as client,
+    ):
+        first = client.get("/Patient", params={"_count": "2"})
+        second = client.get("/Patient", params={"_count": "3"})
+    assert first.status_code == second.status_code == 200
+    alerts = [r for r in caplog.records if r.name == "fhirwall.alert"]
+    assert len(alerts) == 1
+    assert request_id(second) in alerts[0].getMessage()
+    for entry in second.json()["entry"]:
+        assert entry["resource"]["id"] not in alerts[0].getMessage()
