@@ -63,6 +63,7 @@ GOAL_MAX_P50_RATIO = 1.5
 GOAL_POLICY_MIN_RPS_RATIO = 0.45  # fhirwall with SMART scopes and compartment checks
 GOAL_CONSENT_MIN_RPS_RATIO = 0.40  # ... and patient consent (cached lookups)
 GOAL_MASKING_MIN_RPS_RATIO = 0.35  # ... and the Safe Harbor masking profile on every answer
+GOAL_AUDIT_MIN_RATIO = 0.90  # the audit trail costs at most 10 % of the same row without it
 MASKING_CONFIG = """
 masking:
   keys:
@@ -356,6 +357,7 @@ def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) ->
     rows.append(policy_row(upstream_base, patient_id, consent=True))
     rows.append(clinician_row(upstream_base))
     rows.append(masking_row(upstream_base, patient_id))
+    rows.append(audit_row(upstream_base, patient_id))
     if args.rows:
         wanted = {*args.rows.split(","), "direct", BASELINE_ROW}
         rows = [row for row in rows if row.name in wanted]
@@ -386,6 +388,20 @@ def masking_row(upstream_base: str, patient_id: str) -> Row:
     )
 
 
+def audit_row(upstream_base: str, patient_id: str) -> Row:
+    """fhirwall-consent plus the audit trail: BALP AuditEvents in the hash-chained local log."""
+    claims = {"client_id": "bench-app", "scope": "launch/patient patient/*.rs", "patient": patient_id}
+    folder = Path(tempfile.mkdtemp(prefix="fhirwall-bench-audit-"))
+    env = {
+        "FHIRWALL_AUDIT__LOG_FILE": str(folder / "audit.jsonl"),
+        "FHIRWALL_AUDIT__LOG_KEY_ENV": "BENCH_AUDIT_KEY",
+        "BENCH_AUDIT_KEY": "bench-audit-checkpoint-key",
+    }
+    return secured_row(
+        "fhirwall-audit", upstream_base, GOAL_CONSENT_MIN_RPS_RATIO, claims, consent=True, extra_env=env
+    )
+
+
 def clinician_row(upstream_base: str) -> Row:
     """fhirwall with consent, a clinician token (``user/*.rs``): the patient's Consent is evaluated."""
     claims = {"client_id": "bench-ehr", "scope": "user/*.rs", "fhirUser": "Practitioner/bench-doctor"}
@@ -402,6 +418,7 @@ def secured_row(
     *,
     consent: bool,
     extra_args: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Row:
     """A fhirwall row trusting a development issuer, with a token carrying ``claims``."""
     from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
@@ -414,6 +431,7 @@ def secured_row(
         "FHIRWALL_AUTH__DEV_ISSUER__KEY_FILE": str(key_file),
         "FHIRWALL_AUTH__DEV_ISSUER__ISSUER": issuer.issuer,
         "FHIRWALL_CONSENT__ENABLED": "true" if consent else "false",
+        **(extra_env or {}),
     }
     headers = {"Authorization": f"Bearer {token}"}
     return Row(row.name, row.command, row.base_url, headers=headers, env=env, min_rps_ratio=row.min_rps_ratio)
@@ -565,9 +583,22 @@ def print_table(results: list[Measurement]) -> None:
     print(f"(rps/pt, p50/pt: ratio to the {BASELINE_ROW} row for the same request)")
 
 
+def audit_cost_goals(results: list[Measurement]) -> list[Json]:
+    """Audit on vs off: the audit row against the consent row (same token, same policy), per request."""
+    goals: list[Json] = []
+    by_key = {(m.row, m.request): m for m in results}
+    for (row, request), audited in by_key.items():
+        plain = by_key.get(("fhirwall-consent", request))
+        if row != "fhirwall-audit" or plain is None or not plain.rps:
+            continue
+        ratio = audited.rps / plain.rps
+        goals.append(_goal(audited, "throughput vs audit off", ratio, f">= {GOAL_AUDIT_MIN_RATIO:.2f}"))
+    return goals
+
+
 def evaluate_goals(rows: list[Row], results: list[Measurement], skipped: dict[str, str]) -> list[Json]:
     """Compare goal rows against the targets (reported, never asserted)."""
-    goals: list[Json] = []
+    goals: list[Json] = audit_cost_goals(results)
     for row in (r for r in rows if r.goals):
         for m in (m for m in results if m.row == row.name):
             if row.min_rps_ratio is not None:
@@ -610,7 +641,7 @@ def print_goals(goals: list[Json]) -> None:
     print(
         "\nTargets: fhirwall (no policy) throughput >= 60 % of passthrough and p50 <= 1.5x; "
         "fhirwall-policy (patient token) >= 45 %; fhirwall-consent (same token, consent on) >= 40 %; "
-        "fhirwall-masking (consent + Safe Harbor) >= 35 %"
+        "fhirwall-masking (consent + Safe Harbor) >= 35 %; fhirwall-audit >= 90 % of fhirwall-consent"
     )
     for g in goals:
         if g["request"] == "*":
