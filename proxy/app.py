@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> Starlette:
         state.masking,
         state.reidentifier,
         state.audit,
+        state.audit_delivery,
     )
 
     @asynccontextmanager

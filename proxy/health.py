@@ -28,6 +28,13 @@ async def readyz(request: Request) -> Response:
         *(_check_upstream(state, name) for name in state.upstream_names()), _check_redis(state)
     )
     results = dict(item for item in checks if item is not None)
+    if state.audit_delivery is not None:
+        delivery = state.audit_delivery.status()
+        results["audit-delivery"] = (
+            "ok"
+            if delivery.failure is None and not state.audit_delivery.full
+            else (delivery.failure or "backlog full")
+        )
     ready = all(value == "ok" for value in results.values())
     return _json(200 if ready else 503, {"status": "ready" if ready else "not-ready", "checks": results})
 

@@ -28,6 +28,7 @@ from proxy.audit.capture import (
     start_record,
 )
 from proxy.audit.context import current_record
+from proxy.audit.delivery import AuditDelivery
 from proxy.audit.record import AuditRecord, Decision
 from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator
@@ -99,6 +100,7 @@ class FhirEndpoint:
         masking: MaskingPolicy | None = None,
         reidentifier: Reidentifier | None = None,
         audit: AuditTrail | None = None,
+        delivery: AuditDelivery | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -110,6 +112,7 @@ class FhirEndpoint:
         self.masking = masking
         self.reidentifier = reidentifier
         self.audit = audit
+        self.delivery = delivery
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -118,6 +121,8 @@ class FhirEndpoint:
         record = self._start_record(scope)
         token = current_record.set(record)
         try:
+            if self.delivery is not None:
+                await self.delivery.admit()  # back-pressure: the audit backlog must have room
             response = await self.handle(scope, receive, record)
         except ProxyError as error:
             response = self._refusal(error, record)

@@ -21,6 +21,7 @@ from proxy.audit.alerts import AlertSettings
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
+    "AuditDeliverySettings",
     "AuditSettings",
     "AuthSettings",
     "BreakGlassSettings",
@@ -529,6 +530,72 @@ class MaskingSettings(_Model):
         return self
 
 
+class AuditDeliverySettings(_Model):
+    """Where and how the audit log's AuditEvents are delivered (``audit.delivery``)."""
+
+    target: Literal["none", "fhir", "file"] = Field(
+        "none", description="none: keep the events in the local log only; fhir: an audit server; file: JSONL."
+    )
+    url: str | None = Field(
+        None, description="fhir: the audit server's FHIR base URL (may be an upstream's)."
+    )
+    auth: UpstreamAuthSettings = Field(
+        default_factory=UpstreamAuthSettings, description="fhir: the proxy's credentials at the audit server."
+    )
+    tls: UpstreamTlsSettings = Field(
+        default_factory=UpstreamTlsSettings, description="fhir: TLS towards the audit server."
+    )
+    connect_timeout: float = Field(5.0, gt=0, description="fhir: seconds to establish a connection.")
+    read_timeout: float = Field(30.0, gt=0, description="fhir: seconds to wait for an answer.")
+    file: Path | None = Field(None, description="file: JSON-lines file the delivered AuditEvents go to.")
+    batch_size: int = Field(
+        100, ge=1, le=10_000, description="Events per batch Bundle; 1 sends one PUT per event."
+    )
+    retry_initial_seconds: float = Field(0.5, gt=0, description="First retry delay after a failure.")
+    retry_max_seconds: float = Field(60.0, gt=0, description="Longest retry delay (exponential backoff).")
+    max_backlog: int = Field(
+        100_000, ge=1, description="Records not yet delivered at which new requests are refused or held."
+    )
+    on_backlog_full: Literal["refuse", "block"] = Field(
+        "refuse", description="refuse: answer 503 at once; block: wait up to block_timeout_seconds first."
+    )
+    block_timeout_seconds: float = Field(5.0, gt=0, description="block: longest wait for backlog room.")
+    drain_timeout_seconds: float = Field(
+        10.0, ge=0, description="On shutdown, how long delivery may go on to empty the backlog."
+    )
+    cursor_file: Path | None = Field(None, description="Delivery position; default: <log>.cursor.")
+    dead_letter_file: Path | None = Field(
+        None, description="Records the server rejected for good; default: <log>.dead-letter.jsonl."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_target(self) -> AuditDeliverySettings:
+        if self.target == "fhir" and not self.url:
+            raise ValueError("audit.delivery.target fhir needs audit.delivery.url")
+        if self.target == "file" and self.file is None:
+            raise ValueError("audit.delivery.target file needs audit.delivery.file")
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds must not be less than retry_initial_seconds")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether AuditEvents are delivered anywhere."""
+        return self.target != "none"
+
+
 class AuditSettings(_Model):
     """The audit trail: BALP AuditEvents for every request in a local hash-chained log."""
 
@@ -549,11 +616,16 @@ class AuditSettings(_Model):
     observer_name: str = Field("fhirwall", description="This proxy's name as the AuditEvent observer.")
     site: str | None = Field(None, description="Site or instance name recorded in AuditEvent.source.site.")
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Anomaly alert rules.")
+    delivery: AuditDeliverySettings = Field(
+        default_factory=AuditDeliverySettings, description="Delivery of the logged AuditEvents elsewhere."
+    )
 
     @model_validator(mode="after")
     def _key_with_file(self) -> AuditSettings:
         if self.log_file is not None and not self.log_key_env:
             raise ValueError("audit.log_file needs audit.log_key_env (the checkpoint signing key)")
+        if self.delivery.target != "none" and self.log_file is None:
+            raise ValueError("audit.delivery needs audit.log_file (the log is the delivery spool)")
         return self
 
     @property

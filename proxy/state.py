@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
 from consent.store import CachedConsentStore, FhirConsentStore
+from proxy.audit.delivery import AuditDelivery, AuditDeliveryError
 from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
@@ -21,7 +22,7 @@ from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.reidentify import Reidentifier
-from proxy.settings import Settings
+from proxy.settings import ConfigError, Settings
 from proxy.upstream import Upstream, UpstreamRouter
 
 __all__ = ["ProxyState", "dev_issuer_url"]
@@ -58,6 +59,7 @@ class ProxyState:
     masking: MaskingPolicy | None = field(init=False, default=None)
     reidentifier: Reidentifier | None = field(init=False, default=None)
     audit: AuditTrail | None = field(init=False, default=None)
+    audit_delivery: AuditDelivery | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -70,7 +72,7 @@ class ProxyState:
                 settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0
             )
         if settings.audit.enabled:
-            self.audit = AuditTrail.from_settings(settings.audit)
+            self._build_audit()
         if settings.masking.enabled:
             self.masking = MaskingPolicy.from_settings(settings.masking)
             if settings.masking.reidentification.roles:
@@ -95,6 +97,15 @@ class ProxyState:
         elif not settings.auth.configured:
             logger.warning("no authentication configured: every local client has full access to the upstream")
 
+    def _build_audit(self) -> None:
+        audit = self.settings.audit
+        assert audit.log_file is not None
+        self.audit = AuditTrail.from_settings(audit)
+        if audit.delivery.enabled:
+            key = AuditTrail.signing_key(audit)
+            self.audit_delivery = AuditDelivery(audit.log_file, audit.delivery, key=key)
+            self.audit.on_append = self.audit_delivery.notify
+
     def _build_consent_gate(self) -> None:
         consent = self.settings.consent
         if consent.cache == "redis":
@@ -116,11 +127,18 @@ class ProxyState:
     async def open(self) -> None:
         """Open connection pools and subscriptions."""
         await self.router.start()
+        if self.audit_delivery is not None:
+            try:
+                await self.audit_delivery.start()
+            except AuditDeliveryError as exc:
+                raise ConfigError([("audit.delivery", str(exc))]) from None
         if self.consent_cache is not None:
             await self.consent_cache.start()
 
     async def close(self) -> None:
         """Close connection pools and the audit log (its final signed checkpoint)."""
+        if self.audit_delivery is not None:
+            await self.audit_delivery.stop()
         if self.audit is not None:
             self.audit.close()
         if self.consent_cache is not None:

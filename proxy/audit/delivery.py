@@ -14,6 +14,12 @@ are delivered, it and everything after it never are (``state`` becomes ``failed`
 until admission refuses requests). A last line without a newline is a record still being written: the
 reader waits for it.
 
+The chain alone cannot show that someone who can write the file did not edit records and recompute every
+later hash. With the log key (``key``), the reader therefore looks ahead to the next signed checkpoint and
+verifies it before handing out any record it covers: a rewritten chain is refused before its first
+record is delivered. Records after the last checkpoint are covered by no signature yet and are delivered
+on the chain's word (the same limit ``fhirwall audit verify`` reports).
+
 **Sending** (``target: fhir``). A FHIR ``batch`` Bundle of ``PUT AuditEvent/<id>`` entries per read, or
 one ``PUT`` per event when ``batch_size`` is 1. AuditEvent ids are deterministic (``proxy.audit.balp``), so
 sending an event twice leaves one resource: delivery is at-least-once, and with idempotent ids that is
@@ -21,7 +27,9 @@ effectively exactly once (a server that versions every ``PUT`` shows a second ve
 
 **Cursor.** ``<log>.cursor`` (``cursor_file``) holds the seq, hash and byte offsets of the last record
 that is done (confirmed 2xx by the server, or set aside as poison). It is written atomically (temporary
-file, ``fsync``, rename, ``fsync`` of the directory) and only after the server confirmed. It never passes a
+file, ``fsync``, rename, ``fsync`` of the directory) and only after the server confirmed; the log itself
+is ``fsync``ed before its records are sent (the writer may sync only once a second), so the cursor never
+points past what a machine crash leaves of the log. It never passes a
 record that is not done: in a partially failed batch the cursor advances over the leading confirmed
 entries and the retry starts at the first failed entry (entries after it that were already confirmed are
 not sent again). On start the cursor is checked against the log (the record it names must still be there
@@ -63,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -77,15 +86,13 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, Final, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from proxy.audit.chain import VerifyingKey, _Checker, canonical, record_hash
 from proxy.errors import ProxyError
-from proxy.settings import UpstreamAuthSettings, UpstreamTlsSettings
+from proxy.settings import AuditDeliverySettings as DeliverySettings
 from proxy.upstream.credentials import UpstreamCredentials, credentials_for
 
 __all__ = [
@@ -113,77 +120,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _RECORD_KEYS: Final = frozenset(("seq", "prev", "event", "hash"))
 _STATUS_CODE = re.compile(r"\s*(\d{3})")
 _JITTER = random.SystemRandom()
-
-
-# -- settings ----------------------------------------------------------------------------------------------
-
-
-class DeliverySettings(BaseModel):
-    """Where and how the audit log's AuditEvents are delivered (``audit.delivery``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target: Literal["none", "fhir", "file"] = Field(
-        "none", description="none: keep the events in the local log only; fhir: an audit server; file: JSONL."
-    )
-    url: str | None = Field(
-        None, description="fhir: the audit server's FHIR base URL (may be an upstream's)."
-    )
-    auth: UpstreamAuthSettings = Field(
-        default_factory=UpstreamAuthSettings, description="fhir: the proxy's credentials at the audit server."
-    )
-    tls: UpstreamTlsSettings = Field(
-        default_factory=UpstreamTlsSettings, description="fhir: TLS towards the audit server."
-    )
-    connect_timeout: float = Field(5.0, gt=0, description="fhir: seconds to establish a connection.")
-    read_timeout: float = Field(30.0, gt=0, description="fhir: seconds to wait for an answer.")
-    file: Path | None = Field(None, description="file: JSON-lines file the delivered AuditEvents go to.")
-    batch_size: int = Field(
-        100, ge=1, le=10_000, description="Events per batch Bundle; 1 sends one PUT per event."
-    )
-    retry_initial_seconds: float = Field(0.5, gt=0, description="First retry delay after a failure.")
-    retry_max_seconds: float = Field(60.0, gt=0, description="Longest retry delay (exponential backoff).")
-    max_backlog: int = Field(
-        100_000, ge=1, description="Records not yet delivered at which new requests are refused or held."
-    )
-    on_backlog_full: Literal["refuse", "block"] = Field(
-        "refuse", description="refuse: answer 503 at once; block: wait up to block_timeout_seconds first."
-    )
-    block_timeout_seconds: float = Field(5.0, gt=0, description="block: longest wait for backlog room.")
-    drain_timeout_seconds: float = Field(
-        10.0, ge=0, description="On shutdown, how long delivery may go on to empty the backlog."
-    )
-    cursor_file: Path | None = Field(None, description="Delivery position; default: <log>.cursor.")
-    dead_letter_file: Path | None = Field(
-        None, description="Records the server rejected for good; default: <log>.dead-letter.jsonl."
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or fragment")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _check_target(self) -> DeliverySettings:
-        if self.target == "fhir" and not self.url:
-            raise ValueError("audit.delivery.target fhir needs audit.delivery.url")
-        if self.target == "file" and self.file is None:
-            raise ValueError("audit.delivery.target file needs audit.delivery.file")
-        if self.retry_max_seconds < self.retry_initial_seconds:
-            raise ValueError("retry_max_seconds must not be less than retry_initial_seconds")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        """Whether AuditEvents are delivered anywhere."""
-        return self.target != "none"
 
 
 # -- errors ------------------------------------------------------------------------------------------------
@@ -262,17 +198,68 @@ def _verified_record(raw: bytes) -> tuple[int, str, str, Json]:
     return seq, prev, digest, event
 
 
+class _Chain:
+    """Chain state while reading forwards: the seq and hash of the last record (hash None: not known)."""
+
+    def __init__(self, seq: int, digest: str | None) -> None:
+        self.seq = seq
+        self.hash = digest
+
+    def feed(self, raw: bytes, checker: _Checker | None) -> tuple[int, str, Json] | None:
+        """Verify one complete line: a record (returns seq, hash, event) or a checkpoint (None)."""
+        if raw.startswith(b'{"checkpoint":'):
+            self._checkpoint(orjson.loads(raw), checker)
+            return None
+        seq, prev, digest, event = _verified_record(raw)
+        if seq != self.seq + 1:
+            raise _BrokenChain(f"seq {seq} where {self.seq + 1} was expected (records deleted or moved)")
+        if self.hash is not None and prev != self.hash:
+            raise _BrokenChain(f"record seq {seq}: prev does not match the previous record's hash")
+        self.seq, self.hash = seq, digest
+        return seq, digest, event
+
+    def _checkpoint(self, item: object, checker: _Checker | None) -> None:
+        if (
+            not isinstance(item, dict)
+            or not _is_int(item.get("checkpoint"))
+            or not _is_hex64(item.get("hash"))
+        ):
+            raise _BrokenChain("malformed checkpoint")
+        if item["checkpoint"] != self.seq or (self.hash is not None and item["hash"] != self.hash):
+            raise _BrokenChain(
+                f"checkpoint for seq {item['checkpoint']} does not match record seq {self.seq} before it"
+            )
+        if checker is not None:
+            if not isinstance(item.get("at"), str) or not ({"mac", "sig"} & set(item)):
+                raise _BrokenChain("malformed checkpoint")
+            problem = checker.problem(item)
+            if problem is not None:
+                raise _BrokenChain(f"checkpoint for seq {item['checkpoint']}: {problem}")
+
+
 class _LogReader:
-    """Reads the log from a position, verifying the chain as it goes (used from one thread at a time)."""
+    """Reads the log from a position, verifying the chain as it goes (used from one thread at a time).
+
+    With a key, a look-ahead also verifies the chain up to the next signed checkpoint before any record
+    that checkpoint covers is handed out: a rewritten chain (records edited and every later hash
+    recomputed) is caught by the checkpoint's signature before its records are delivered. Records after
+    the last checkpoint are covered by no signature yet: they are delivered on the chain's word alone.
+    """
 
     def __init__(self, path: Path, position: _Position, checker: _Checker | None) -> None:
         self.path = path
         self._checker = checker
-        self._seq = position.seq
-        self._hash = position.hash
+        self._chain = _Chain(position.seq, position.hash)
         self._offset = position.end
         self._file: IO[bytes] | None = None
         self.broken: str | None = None
+        # look-ahead (with a key only): how far it got, and what it found
+        self._ahead = _Chain(position.seq, position.hash)
+        self._ahead_offset = position.end
+        self._trusted_end = position.end  # end of the last checkpoint that verified
+        self._bad_checkpoint: str | None = None
+        self._ahead_stuck = False  # the look-ahead met a record that does not verify
+        self._can_sync = True
 
     def close(self) -> None:
         if self._file is not None:
@@ -297,51 +284,75 @@ class _LogReader:
         file = self._file
         file.seek(self._offset)
         records: list[_Pending] = []
-        while len(records) < limit:
+        while len(records) < limit and self._vouched(file):
             raw = file.readline()
             if not raw.endswith(b"\n"):  # end of the log, or a record still being written
                 break
             line_start = self._offset
             try:
-                pending = self._feed(raw, line_start)
+                record = self._chain.feed(raw, self._checker)
             except (_BrokenChain, orjson.JSONDecodeError) as exc:
                 reason = str(exc) if isinstance(exc, _BrokenChain) else "not valid JSON"
-                self.broken = f"byte {line_start} (after seq {self._seq}): {reason}"
+                self.broken = f"byte {line_start} (after seq {self._chain.seq}): {reason}"
                 break
             self._offset += len(raw)
-            if pending is not None:
-                records.append(pending)
+            if record is not None:
+                seq, digest, event = record
+                records.append(_Pending(seq, digest, line_start, self._offset, event))
+        if records:
+            self._sync(file)
         return records
 
-    def _feed(self, raw: bytes, start: int) -> _Pending | None:
-        if raw.startswith(b'{"checkpoint":'):
-            self._checkpoint(orjson.loads(raw))
-            return None
-        seq, prev, digest, event = _verified_record(raw)
-        if seq != self._seq + 1:
-            raise _BrokenChain(f"seq {seq} where {self._seq + 1} was expected (records deleted or moved)")
-        if self._hash is not None and prev != self._hash:
-            raise _BrokenChain(f"record seq {seq}: prev does not match the previous record's hash")
-        self._seq, self._hash = seq, digest
-        return _Pending(seq, digest, start, start + len(raw), event)
+    def _sync(self, file: IO[bytes]) -> None:
+        """Make the records about to be delivered durable in the log first (the writer may sync only
+        once a second): else a machine crash could leave the cursor past the end of the log."""
+        if not self._can_sync:
+            return
+        try:
+            os.fsync(file.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EBADF, errno.EINVAL):
+                raise
+            self._can_sync = False  # a platform without fsync on read-only descriptors
+            logger.warning("cannot fsync the audit log before delivery (%s); relying on its writer", exc)
 
-    def _checkpoint(self, item: object) -> None:
-        if (
-            not isinstance(item, dict)
-            or not _is_int(item.get("checkpoint"))
-            or not _is_hex64(item.get("hash"))
-        ):
-            raise _BrokenChain("malformed checkpoint")
-        if item["checkpoint"] != self._seq or (self._hash is not None and item["hash"] != self._hash):
-            raise _BrokenChain(
-                f"checkpoint for seq {item['checkpoint']} does not match record seq {self._seq} before it"
-            )
-        if self._checker is not None:
-            if not isinstance(item.get("at"), str) or not ({"mac", "sig"} & set(item)):
-                raise _BrokenChain("malformed checkpoint")
-            problem = self._checker.problem(item)
-            if problem is not None:
-                raise _BrokenChain(f"checkpoint for seq {item['checkpoint']}: {problem}")
+    def _vouched(self, file: IO[bytes]) -> bool:
+        """Whether the line at the read position may be read now (always, without a key)."""
+        if self._checker is None:
+            return True
+        if self._offset >= self._ahead_offset and self._bad_checkpoint is None and not self._ahead_stuck:
+            self._look_ahead(file)
+            file.seek(self._offset)
+        if self._bad_checkpoint is not None and self._offset >= self._trusted_end:
+            self.broken = self._bad_checkpoint
+            return False
+        # a bad record ahead: let the reader reach it (and stop there); else only what was looked at
+        return self._offset < self._ahead_offset or self._ahead_stuck
+
+    def _look_ahead(self, file: IO[bytes]) -> None:
+        """Verify from where the look-ahead stopped to the next checkpoint (or the end of the log)."""
+        file.seek(self._ahead_offset)
+        while True:
+            raw = file.readline()
+            if not raw.endswith(b"\n"):
+                return
+            start = self._ahead_offset
+            try:
+                record = self._ahead.feed(raw, self._checker)
+            except (_BrokenChain, orjson.JSONDecodeError) as exc:
+                if raw.startswith(b'{"checkpoint":'):  # the records it covers cannot be trusted
+                    reason = str(exc) if isinstance(exc, _BrokenChain) else "not valid JSON"
+                    self._bad_checkpoint = (
+                        f"byte {start}: {reason}; no record it covers after the last valid checkpoint "
+                        "is delivered"
+                    )
+                else:
+                    self._ahead_stuck = True
+                return
+            self._ahead_offset += len(raw)
+            if record is None:
+                self._trusted_end = self._ahead_offset
+                return
 
 
 def _last_record_seq(path: Path, block: int = 1 << 16) -> int:
@@ -384,6 +395,7 @@ def _load_cursor(path: Path) -> _Position | None:
     if not (
         isinstance(data, dict)
         and all(_is_int(data.get(key)) and data[key] >= 0 for key in ("seq", "start", "end"))
+        and data["end"] > data["start"]
         and _is_hex64(data.get("hash"))
     ):
         raise AuditDeliveryError(f"the audit delivery cursor {path} is malformed")
@@ -616,6 +628,8 @@ class AuditDelivery:
         self._loop_thread = threading.get_ident()
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        self._wake = asyncio.Event()  # events of this loop (a delivery may be restarted in another)
+        self._progress = asyncio.Event()
         self._state = "idle"
         self._task = asyncio.create_task(self._run(), name="fhirwall-audit-delivery")
         logger.info(
@@ -700,7 +714,7 @@ class AuditDelivery:
             await self._loop_forever()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug or an I/O failure of the cursor/dead-letter files: loud, no retry
+        except Exception as exc:  # a bug: loud, and delivery stops (admission then fails closed)
             self._fail(f"{type(exc).__name__}: {exc}")
             logger.exception("audit delivery failed")
 
@@ -708,36 +722,38 @@ class AuditDelivery:
         assert self._reader is not None
         reader = self._reader
         while True:
-            if not self._pending:
-                self._wake.clear()
-                self._pending = await asyncio.to_thread(reader.read, self.settings.batch_size)
-                if self._pending:
-                    self._appended = max(self._appended, self._pending[-1].seq)
-                elif reader.broken is not None:
-                    self._broken_chain(reader.broken)
-                    return
-                else:
-                    if self._stopping:
-                        return
-                    self._state = "idle"
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
-                    continue
-            self._state = "delivering" if not self._failures_in_row else "retrying"
             try:
+                if not self._pending:
+                    self._wake.clear()  # before reading: a notify from now on is not missed
+                    self._pending = await asyncio.to_thread(reader.read, self.settings.batch_size)
+                    if not self._pending:
+                        if reader.broken is not None:
+                            self._broken_chain(reader.broken)
+                            return
+                        if self._stopping:
+                            return
+                        self._state = "idle"
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+                        continue
+                    self._appended = max(self._appended, self._pending[-1].seq)
+                self._state = "retrying" if self._failures_in_row else "delivering"
                 await self._attempt()
             except _AttemptFailed as failure:
                 await self._retry_later(failure)
-                continue
-            except OSError as exc:  # the cursor, dead-letter or target file (disk full, permissions)
+            except OSError as exc:  # the log, cursor, dead-letter or target file (disk full, permissions)
                 await self._retry_later(_AttemptFailed(f"local I/O failed: {exc}", config=True))
-                continue
-            self._note_success()
+            else:
+                self._note_success()
 
     async def _retry_later(self, failure: _AttemptFailed) -> None:
         self._note_failure(failure)
-        with contextlib.suppress(TimeoutError):  # stop() cuts the wait short: drain what can be drained
-            await asyncio.wait_for(self._stop_requested.wait(), self._backoff(failure.retry_after))
+        delay = self._backoff(failure.retry_after)
+        if self._stopping:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):  # stop() cuts a long wait short: drain what can be
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     def _broken_chain(self, reason: str) -> None:
         self._fail(f"the audit log {self.log_path} does not verify at {reason}")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -56,41 +56,42 @@ class AuditTrail:
         self._writer = writer
         self._observer = ObserverInfo(name=settings.observer_name, site=settings.site)
         self._alerts = AlertEngine(settings.alerts)
+        self.on_append: Callable[[int], None] | None = None
+        """Told the sequence number of the last record written (delivery wakes on it)."""
         self._webhook_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: AuditSettings, environ: Mapping[str, str] | None = None) -> AuditTrail:
         """Open the log named by ``settings`` (``ConfigError`` when its key is missing)."""
+        return cls(settings, _open_writer(settings, environ))
+
+    @staticmethod
+    def signing_key(settings: AuditSettings, environ: Mapping[str, str] | None = None) -> bytes:
+        """The checkpoint key (``ConfigError`` when it is not set)."""
         env = os.environ if environ is None else environ
-        assert settings.log_file is not None
         key = env.get(settings.log_key_env or "", "")
         if not key:
             raise ConfigError(
                 [("audit.log_key_env", f"environment variable {settings.log_key_env} is not set")]
             )
-        try:
-            writer = AuditChainWriter(
-                settings.log_file,
-                key=key.encode(),
-                checkpoint_every=settings.checkpoint_every,
-                fsync=settings.fsync,
-            )
-        except (ValueError, AuditLogError, OSError) as exc:
-            raise ConfigError([("audit.log_file", f"cannot open the audit log: {exc}")]) from None
-        return cls(settings, writer)
+        return key.encode()
 
     def submit(self, record: AuditRecord) -> None:
         """Record one request; ``AuditUnavailableError`` when it cannot be and the policy refuses."""
         record.duration_ms = max(0.0, (time.time() - record.started) * 1000)
         for alert in self._alerts.observe(record):
             self._raise_alert(record, alert)
+        seq = 0
         try:
             for event in audit_events(record, observer=self._observer):
-                self._writer.append(event)
+                seq = self._writer.append(event)
         except Exception:
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":
                 raise AuditUnavailableError() from None
+        finally:
+            if seq and self.on_append is not None:
+                self.on_append(seq)
 
     def _raise_alert(self, record: AuditRecord, alert: Alert) -> None:
         """Log the alert, keep it on the record (telemetry shows it) and post it to the webhook if any."""
@@ -107,3 +108,17 @@ class AuditTrail:
     def close(self) -> None:
         """Write the final signed checkpoint and close the log."""
         self._writer.close()
+
+
+def _open_writer(settings: AuditSettings, environ: Mapping[str, str] | None) -> AuditChainWriter:
+    assert settings.log_file is not None
+    key = AuditTrail.signing_key(settings, environ)
+    try:
+        return AuditChainWriter(
+            settings.log_file,
+            key=key,
+            checkpoint_every=settings.checkpoint_every,
+            fsync=settings.fsync,
+        )
+    except (ValueError, AuditLogError, OSError) as exc:
+        raise ConfigError([("audit.log_file", f"cannot open the audit log: {exc}")]) from None

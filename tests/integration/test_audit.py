@@ -3,6 +3,7 @@ hash-chained local log, written before the answer goes out."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,42 @@ def test_touching_many_patients_raises_an_alert(audit: AuditSetup, caplog: pytes
     assert request_id(second) in alerts[0].getMessage()
     for entry in second.json()["entry"]:
         assert entry["resource"]["id"] not in alerts[0].getMessage()
+
+
+def test_audit_events_are_delivered_to_the_audit_server(
+    upstream: SeededUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FHIRWALL_TEST_AUDIT_KEY", AUDIT_KEY)
+    port = free_port()
+    issuer_url = f"http://127.0.0.1:{port}/_dev"
+    settings = make_settings(
+        upstream.base_url,
+        **{
+            "server.port": port,
+            "auth.dev_issuer.enabled": True,
+            "auth.dev_issuer.key_file": str(tmp_path / "key.pem"),
+            "auth.dev_issuer.issuer": issuer_url,
+            "audit.log_file": str(tmp_path / "audit.jsonl"),
+            "audit.log_key_env": "FHIRWALL_TEST_AUDIT_KEY",
+            "audit.delivery": {"target": "fhir", "url": upstream.base_url, "batch_size": 10},
+        },
+    )
+    proxy = RunningProxy(settings).start()
+    try:
+        setup = AuditSetup(proxy, DevIssuer(load_or_create_key(tmp_path / "key.pem"), issuer_url), tmp_path)
+        with setup.client("system/*.rs") as client:
+            ids = [request_id(client.get("/Observation", params={"_count": "1"})) for _ in range(3)]
+        logged = {event["id"] for event in read_events(tmp_path / "audit.jsonl")}
+        deadline = time.monotonic() + 15
+        arrived: set[str] = set()
+        while time.monotonic() < deadline and not logged <= arrived:
+            time.sleep(0.2)
+            arrived = {
+                i for i in logged if httpx.get(f"{upstream.base_url}/AuditEvent/{i}").status_code == 200
+            }
+        assert logged <= arrived
+        assert len(logged) >= len(ids)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
+        assert ready["checks"]["audit-delivery"] == "ok"
+    finally:
+        proxy.stop()
