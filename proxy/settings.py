@@ -38,6 +38,7 @@ __all__ = [
     "ServerSettings",
     "ServerTlsSettings",
     "Settings",
+    "TelemetrySettings",
     "UpstreamAuthSettings",
     "UpstreamSettings",
     "UpstreamTlsSettings",
@@ -596,6 +597,69 @@ class AuditDeliverySettings(_Model):
         return self.target != "none"
 
 
+class TelemetrySettings(_Model):
+    """OpenTelemetry export of the audit trail: spans and metrics per request, without PHI by default."""
+
+    exporter: Literal["none", "otlp-http", "otlp-grpc", "console", "jsonl"] = Field(
+        "none",
+        description="Where spans and metrics go: none, OTLP over HTTP or gRPC, the console, or a JSON-lines "
+        "file.",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="OTLP collector: base URL for otlp-http (/v1/traces and /v1/metrics are appended), "
+        "http(s)://host:port for otlp-grpc. Unset: the OTEL_EXPORTER_OTLP_* environment variables.",
+    )
+    jsonl_file: Path | None = Field(None, description="jsonl: the file spans and metrics are appended to.")
+    service_name: str = Field(
+        "fhirwall",
+        min_length=1,
+        description="service.name of the resource (OTEL_SERVICE_NAME wins over the default; "
+        "OTEL_RESOURCE_ATTRIBUTES adds attributes).",
+    )
+    include_phi: bool = Field(
+        False,
+        description="Add keyed HMAC-SHA256 hashes of patient and Consent ids (never clear ids); needs "
+        "phi_hash_key_env.",
+    )
+    phi_hash_key_env: str | None = Field(
+        None,
+        description="Env var with the HMAC key (at least 32 bytes) for PHI hashes and the user pseudonym; "
+        "unset: the pseudonym uses a random per-process key.",
+    )
+    metrics: bool = Field(True, description="Export metrics as well as spans.")
+    metric_interval_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Seconds between two metric exports."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> TelemetrySettings:
+        problems: list[str] = []
+        if self.exporter == "jsonl" and self.jsonl_file is None:
+            problems.append("exporter jsonl needs jsonl_file")
+        if self.exporter != "jsonl" and self.jsonl_file is not None:
+            problems.append("jsonl_file is only used by exporter jsonl")
+        if self.endpoint is not None and not self.exporter.startswith("otlp-"):
+            problems.append("endpoint is only used by the otlp-http and otlp-grpc exporters")
+        if self.include_phi and not self.phi_hash_key_env:
+            problems.append("include_phi needs phi_hash_key_env (PHI is only ever exported hashed)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class AuditSettings(_Model):
     """The audit trail: BALP AuditEvents for every request in a local hash-chained log."""
 
@@ -616,6 +680,10 @@ class AuditSettings(_Model):
     observer_name: str = Field("fhirwall", description="This proxy's name as the AuditEvent observer.")
     site: str | None = Field(None, description="Site or instance name recorded in AuditEvent.source.site.")
     alerts: AlertSettings = Field(default_factory=AlertSettings, description="Anomaly alert rules.")
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings,
+        description="OpenTelemetry spans and metrics made from the records.",
+    )
     delivery: AuditDeliverySettings = Field(
         default_factory=AuditDeliverySettings, description="Delivery of the logged AuditEvents elsewhere."
     )
@@ -630,8 +698,8 @@ class AuditSettings(_Model):
 
     @property
     def enabled(self) -> bool:
-        """Whether the audit trail is on."""
-        return self.log_file is not None
+        """Whether requests are recorded at all (a local log, telemetry, or both)."""
+        return self.log_file is not None or self.telemetry.exporter != "none"
 
 
 class RedisSettings(_Model):
@@ -684,7 +752,7 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _check_audit(self) -> Settings:
-        if self.audit.enabled and self.server.workers > 1:
+        if self.audit.log_file is not None and self.server.workers > 1:
             raise ValueError(
                 "audit.log_file takes one writer: run with server.workers 1 (one log per worker next)"
             )

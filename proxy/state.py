@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
 from consent.store import CachedConsentStore, FhirConsentStore
 from proxy.audit.delivery import AuditDelivery, AuditDeliveryError
+from proxy.audit.telemetry import Telemetry
 from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
@@ -99,12 +100,17 @@ class ProxyState:
 
     def _build_audit(self) -> None:
         audit = self.settings.audit
-        assert audit.log_file is not None
         self.audit = AuditTrail.from_settings(audit)
+        if audit.telemetry.exporter != "none":
+            self.audit.telemetry = Telemetry.from_settings(audit.telemetry)
         if audit.delivery.enabled:
+            assert audit.log_file is not None
             key = AuditTrail.signing_key(audit)
             self.audit_delivery = AuditDelivery(audit.log_file, audit.delivery, key=key)
             self.audit.on_append = self.audit_delivery.notify
+            if self.audit.telemetry is not None:
+                delivery = self.audit_delivery
+                self.audit.telemetry.set_backlog_source(lambda: delivery.backlog)
 
     def _build_consent_gate(self) -> None:
         consent = self.settings.consent

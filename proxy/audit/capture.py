@@ -34,14 +34,18 @@ _UNCLASSIFIED = "unclassified"
 def start_record(scope: Mapping[str, Any], request_id: str) -> AuditRecord:
     """A record for a request that has just arrived (nothing classified yet)."""
     client = scope.get("client")
-    user_agent = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"user-agent"), None)
+    headers = dict(scope.get("headers", ()))
+    user_agent = headers.get(b"user-agent")
+    traceparent = headers.get(b"traceparent")
     return AuditRecord(
         request_id=request_id,
         method=str(scope.get("method", "")),
         route=_UNCLASSIFIED,
         interaction=_UNCLASSIFIED,
         client_address=client[0] if client else None,
-        user_agent=user_agent,
+        user_agent=user_agent.decode("latin-1") if user_agent else None,
+        scheme=scope.get("scheme"),
+        traceparent=traceparent.decode("latin-1") if traceparent else None,
     )
 
 

@@ -55,6 +55,9 @@ class AuditRecord:
     query: str = ""
     client_address: str | None = None
     user_agent: str | None = None
+    scheme: str | None = None
+    traceparent: str | None = None
+    """The caller's W3C trace context, so the request's span joins the caller's trace."""
     status: int = 0
     duration_ms: float = 0.0
     decision: str = Decision.NOT_EVALUATED

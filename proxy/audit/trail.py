@@ -20,6 +20,7 @@ from proxy.audit.alerts import Alert, AlertEngine
 from proxy.audit.balp import ObserverInfo, audit_events
 from proxy.audit.chain import AuditChainWriter, AuditLogError
 from proxy.audit.record import AuditRecord
+from proxy.audit.telemetry import Telemetry
 from proxy.errors import ProxyError
 from proxy.settings import AuditSettings, ConfigError
 
@@ -51,11 +52,13 @@ class AuditUnavailableError(ProxyError):
 class AuditTrail:
     """Turns request records into AuditEvents and appends them to the local chained log."""
 
-    def __init__(self, settings: AuditSettings, writer: AuditChainWriter) -> None:
+    def __init__(self, settings: AuditSettings, writer: AuditChainWriter | None) -> None:
         self._settings = settings
         self._writer = writer
         self._observer = ObserverInfo(name=settings.observer_name, site=settings.site)
         self._alerts = AlertEngine(settings.alerts)
+        self.telemetry: Telemetry | None = None
+        """Spans and metrics made from each record, after it is logged."""
         self.on_append: Callable[[int], None] | None = None
         """Told the sequence number of the last record written (delivery wakes on it)."""
         self._webhook_tasks: set[asyncio.Task[None]] = set()
@@ -63,7 +66,7 @@ class AuditTrail:
     @classmethod
     def from_settings(cls, settings: AuditSettings, environ: Mapping[str, str] | None = None) -> AuditTrail:
         """Open the log named by ``settings`` (``ConfigError`` when its key is missing)."""
-        return cls(settings, _open_writer(settings, environ))
+        return cls(settings, _open_writer(settings, environ) if settings.log_file is not None else None)
 
     @staticmethod
     def signing_key(settings: AuditSettings, environ: Mapping[str, str] | None = None) -> bytes:
@@ -83,8 +86,9 @@ class AuditTrail:
             self._raise_alert(record, alert)
         seq = 0
         try:
-            for event in audit_events(record, observer=self._observer):
-                seq = self._writer.append(event)
+            if self._writer is not None:
+                for event in audit_events(record, observer=self._observer):
+                    seq = self._writer.append(event)
         except Exception:
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":
@@ -92,6 +96,8 @@ class AuditTrail:
         finally:
             if seq and self.on_append is not None:
                 self.on_append(seq)
+            if self.telemetry is not None:
+                self.telemetry.record(record)
 
     def _raise_alert(self, record: AuditRecord, alert: Alert) -> None:
         """Log the alert, keep it on the record (telemetry shows it) and post it to the webhook if any."""
@@ -106,8 +112,11 @@ class AuditTrail:
             task.add_done_callback(self._webhook_tasks.discard)
 
     def close(self) -> None:
-        """Write the final signed checkpoint and close the log."""
-        self._writer.close()
+        """Write the final signed checkpoint, close the log and flush telemetry."""
+        if self._writer is not None:
+            self._writer.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
 
 def _open_writer(settings: AuditSettings, environ: Mapping[str, str] | None) -> AuditChainWriter:
