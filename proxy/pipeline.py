@@ -393,6 +393,8 @@ class FhirEndpoint:
         """The patients an answer carries: proved by the searchset fast path, else read from the body."""
         if proven_patient is not None:
             record.patients.add(proven_patient)
+        elif record.resource_type == "Patient" and record.interaction in ("read", "vread"):
+            return  # the patient is the resource the request named (already recorded)
         else:
             note_patients_in_body(record, body)
 

@@ -61,6 +61,7 @@ source, outcome and extensions, and entities for the patients, the Consents (typ
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 import uuid
@@ -227,11 +228,12 @@ def _subtypes(record: AuditRecord) -> list[Json]:
 
 
 def _common(record: AuditRecord, observer: ObserverInfo) -> Json:
+    recorded = _instant(record.started)
     common: Json = {
         "extension": _extensions(record),
-        "recorded": _instant(record.started),
+        "recorded": recorded,
         "period": {
-            "start": _instant(record.started),
+            "start": recorded,
             "end": _instant(record.started + max(record.duration_ms, 0.0) / 1000),
         },
         "outcome": record.outcome,
@@ -346,6 +348,7 @@ def _token_policy(record: AuditRecord) -> Json:
     return {"policy": [_JTI_PREFIX + record.token_id]} if record.token_id else {}
 
 
+@functools.lru_cache(maxsize=4096)
 def _address_type(address: str) -> str:
     try:
         ipaddress.ip_address(address)
@@ -372,6 +375,7 @@ def _directions(record: AuditRecord) -> tuple[Json, Json]:
     return (destination, source) if record.interaction in _SERVER_SOURCED else (source, destination)
 
 
+@functools.lru_cache(maxsize=16)
 def _source(observer: ObserverInfo) -> Json:
     source: Json = {"observer": _observer_reference(observer)}
     if observer.site:
@@ -450,7 +454,9 @@ def _request_entities(record: AuditRecord) -> list[Json]:
 # --- helpers -----------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def _coding(system: str, code: str, display: str | None = None) -> Json:
+    """A Coding (memoised: events are serialised once and never changed, so they may share codings)."""
     coding = {"system": system, "code": code}
     if display:
         coding["display"] = display
