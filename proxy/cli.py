@@ -14,6 +14,7 @@ import orjson
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.cli_audit import add_audit_commands
 from proxy.cli_masking import add_masking_commands
+from proxy.masking import MaskingPolicy
 from proxy.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -166,7 +167,8 @@ def _token(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    print(f"{args.config}: OK ({len(settings.upstreams)} upstream(s))")
+    profiles = MaskingPolicy.from_settings(settings.masking).profiles if settings.masking.enabled else {}
+    print(f"{args.config}: OK ({len(settings.upstreams)} upstream(s), {len(profiles)} masking profile(s))")
     return 0
 
 

@@ -137,6 +137,29 @@ upstreams:
         assert path in result.stderr
 
 
+def test_check_config_compiles_masking_profiles(tmp_path: Path) -> None:
+    profile = tmp_path / "bad-profile.yaml"
+    profile.write_text("name: bad\nrules:\n  - {path: Patient.nmae, method: redact}\n")
+    text = f"""
+upstreams:
+  - name: default
+    url: http://127.0.0.1:8090/fhir
+masking:
+  profiles:
+    bad: {{file: {profile}}}
+  default_profile: bad
+"""
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "check-config", str(write(tmp_path, text))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "masking.profiles.bad" in result.stderr
+    assert "rules.0.path" in result.stderr
+
+
 def test_check_config_accepts_the_examples() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "check-config", str(REPO_ROOT / "examples/config/minimal.yaml")],
