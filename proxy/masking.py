@@ -11,7 +11,7 @@ unmasked body: a failure raises ``MaskingFailedError`` (500).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
 from masking.builtin import load_builtin_profile
 from masking.compiler import CompiledProfile, compile_profile
@@ -120,9 +120,10 @@ def _key_id_clashes(profiles: Mapping[str, CompiledProfile]) -> list[tuple[str, 
     return problems
 
 
-def _load(builtin: str | None, file: Any) -> Profile:
+def _load(builtin: str | None, file: Path | None) -> Profile:
     if builtin is not None:
         return load_builtin_profile(builtin)
+    assert file is not None  # the settings require one of the two
     return load_profile(file)
 
 
