@@ -396,6 +396,7 @@ def audit_row(upstream_base: str, patient_id: str) -> Row:
         "FHIRWALL_AUDIT__LOG_FILE": str(folder / "audit.jsonl"),
         "FHIRWALL_AUDIT__LOG_KEY_ENV": "BENCH_AUDIT_KEY",
         "BENCH_AUDIT_KEY": "bench-audit-checkpoint-key",
+        "FHIRWALL_AUDIT__FSYNC": os.environ.get("BENCH_AUDIT_FSYNC", "interval"),
     }
     return secured_row(
         "fhirwall-audit", upstream_base, GOAL_CONSENT_MIN_RPS_RATIO, claims, consent=True, extra_env=env
