@@ -384,10 +384,7 @@ class Walker:
                 run.labels.add(label)
                 return value
         if result is REMOVE or result != value:
-            run.changed = True
-            run.stats.by_method[rule.method_name] += 1
-            if label:
-                run.labels.add(label)
+            run.note(rule, label)
             return result
         return value
 

@@ -167,7 +167,9 @@ def _token(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    profiles = MaskingPolicy.from_settings(settings.masking).profiles if settings.masking.enabled else {}
+    profiles = (
+        MaskingPolicy.from_settings(settings.masking, warm=False).profiles if settings.masking.enabled else {}
+    )
     print(f"{args.config}: OK ({len(settings.upstreams)} upstream(s), {len(profiles)} masking profile(s))")
     return 0
 

@@ -48,9 +48,10 @@ class MaskingPolicy:
 
     @classmethod
     def from_settings(
-        cls, settings: MaskingSettings, environ: Mapping[str, str] | None = None
+        cls, settings: MaskingSettings, environ: Mapping[str, str] | None = None, *, warm: bool = True
     ) -> MaskingPolicy:
-        """Compile every configured profile; ``ConfigError`` lists every problem of every profile."""
+        """Compile every configured profile (``warm``: also build all their plans now, as serving does);
+        ``ConfigError`` lists every problem of every profile."""
         problems: list[tuple[str, str]] = []
         keys, key_problems = resolve_keys(settings.keys, environ)
         problems += [(f"masking.keys.{name}", message) for name, message in key_problems]
@@ -60,7 +61,8 @@ class MaskingPolicy:
             try:
                 profile = _load(source.builtin, source.file)
                 compiled[name] = compile_profile(profile, keys, environ=environ, source=where)
-                compiled[name].warm()
+                if warm:
+                    compiled[name].warm()
                 compiled[name].enable_cache(settings.cache_entries)
             except ProfileError as error:
                 problems += [

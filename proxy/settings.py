@@ -572,14 +572,7 @@ class AuditDeliverySettings(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or fragment")
-        return value.rstrip("/")
+        return None if value is None else _http_url(value)
 
     @model_validator(mode="after")
     def _check_target(self) -> AuditDeliverySettings:
@@ -635,14 +628,7 @@ class TelemetrySettings(_Model):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an absolute http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or fragment")
-        return value.rstrip("/")
+        return None if value is None else _http_url(value)
 
     @model_validator(mode="after")
     def _check_combination(self) -> TelemetrySettings:

@@ -94,6 +94,7 @@ from proxy.audit.chain import VerifyingKey, _Checker, canonical, record_hash
 from proxy.errors import ProxyError
 from proxy.settings import AuditDeliverySettings as DeliverySettings
 from proxy.upstream.credentials import UpstreamCredentials, credentials_for
+from proxy.upstream.tls import client_ssl_context, token_endpoint_verify
 
 __all__ = [
     "AuditBacklogFullError",
@@ -623,7 +624,9 @@ class AuditDelivery:
         self._pending = []
         if self.settings.target == "fhir":
             self._http = self._given_http or _build_client(self.settings)
-            self._credentials = credentials_for(self.settings.auth, verify=_token_verify(self.settings))
+            self._credentials = credentials_for(
+                self.settings.auth, verify=token_endpoint_verify(self.settings.tls)
+            )
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopping = False
@@ -1112,18 +1115,4 @@ def _ssl_context(settings: DeliverySettings) -> ssl.SSLContext | bool:
     tls = settings.tls
     if not tls.verify and tls.cert_file is None:
         return False
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.cert_file and tls.key_file:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
-
-
-def _token_verify(settings: DeliverySettings) -> ssl.SSLContext | bool:
-    """TLS verification for the OAuth token endpoint: the audit server's CA bundle when one is configured."""
-    if not settings.tls.verify:
-        return False
-    return ssl.create_default_context(cafile=str(settings.tls.ca_file)) if settings.tls.ca_file else True
+    return client_ssl_context(tls)

@@ -21,6 +21,7 @@ from proxy.errors import (
 )
 from proxy.settings import UpstreamSettings
 from proxy.upstream.credentials import UpstreamCredentials, credentials_for
+from proxy.upstream.tls import client_ssl_context, token_endpoint_verify
 
 __all__ = ["BufferedResponse", "Upstream", "UpstreamStream"]
 
@@ -76,7 +77,9 @@ class Upstream:
         self.base_url = settings.url
         self.base_path = urlsplit(settings.url).path.rstrip("/")
         self.settings = settings
-        self.credentials: UpstreamCredentials = credentials_for(settings.auth, verify=_httpx_verify(settings))
+        self.credentials: UpstreamCredentials = credentials_for(
+            settings.auth, verify=token_endpoint_verify(settings.tls)
+        )
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
         )
@@ -172,21 +175,4 @@ def _content_type(response: aiohttp.ClientResponse) -> str:
 
 
 def _ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
-    if not settings.url.startswith("https:"):
-        return False
-    tls = settings.tls
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.cert_file and tls.key_file:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
-
-
-def _httpx_verify(settings: UpstreamSettings) -> ssl.SSLContext | bool:
-    """TLS verification for the token endpoint: the upstream's CA bundle when one is configured."""
-    if not settings.tls.verify:
-        return False
-    return ssl.create_default_context(cafile=str(settings.tls.ca_file)) if settings.tls.ca_file else True
+    return client_ssl_context(settings.tls) if settings.url.startswith("https:") else False
