@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> Starlette:
         state.reidentifier,
         state.audit,
         state.audit_delivery,
+        state.rights,
     )
 
     @asynccontextmanager

@@ -11,6 +11,7 @@ from proxy.body import RawBodyStream
 from proxy.fhir.request import FhirRequest
 from proxy.policy.access import AccessView
 from proxy.policy.decision import AccessDecision
+from proxy.rights.gate import RightsView
 
 __all__ = ["ProxyCall"]
 
@@ -34,3 +35,5 @@ class ProxyCall:
     header_overrides: dict[str, str] = field(default_factory=dict)
     masking: CompiledProfile | None = None
     audit: AuditRecord | None = None
+    rights: RightsView | None = None
+    rights_operation: str | None = None

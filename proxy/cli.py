@@ -15,6 +15,7 @@ from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.cli_audit import add_audit_commands
 from proxy.cli_masking import add_masking_commands
 from proxy.masking import MaskingPolicy
+from proxy.rights.model import access_policy_schema_text, policy_from_settings
 from proxy.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("config-schema", help="print the JSON Schema of the configuration file")
     schema.set_defaults(handler=_config_schema)
+
+    policy_schema = commands.add_parser(
+        "access-policy-schema", help="print the JSON Schema of the access-policy file"
+    )
+    policy_schema.set_defaults(handler=lambda args: _write(access_policy_schema_text()))
 
     token = commands.add_parser("token", help="mint a DEVELOPMENT token with the local dev issuer key")
     token.add_argument("--persona", choices=sorted(PERSONAS), help="a demo persona (sets client and scopes)")
@@ -170,12 +176,21 @@ def _check_config(args: argparse.Namespace) -> int:
     profiles = (
         MaskingPolicy.from_settings(settings.masking, warm=False).profiles if settings.masking.enabled else {}
     )
-    print(f"{args.config}: OK ({len(settings.upstreams)} upstream(s), {len(profiles)} masking profile(s))")
+    roles = len(policy_from_settings(settings.access.policy_file).roles) if settings.access.policy_file else 0
+    print(
+        f"{args.config}: OK ({len(settings.upstreams)} upstream(s), {len(profiles)} masking profile(s), "
+        f"{roles} access-policy role(s))"
+    )
     return 0
 
 
 def _config_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(schema_text())
+    return 0
+
+
+def _write(text: str) -> int:
+    sys.stdout.write(text)
     return 0
 
 

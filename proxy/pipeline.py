@@ -72,6 +72,8 @@ from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
 from proxy.reidentify import Reidentifier, is_reidentify
 from proxy.responses import fhir_response, outcome_response, raw_stream_response
+from proxy.rights.enforcement import answer_body, authorize_rights
+from proxy.rights.gate import RightsGate
 from proxy.settings import Settings
 from proxy.upstream import BufferedResponse, Upstream, UpstreamRouter
 
@@ -101,6 +103,7 @@ class FhirEndpoint:
         reidentifier: Reidentifier | None = None,
         audit: AuditTrail | None = None,
         delivery: AuditDelivery | None = None,
+        rights: RightsGate | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -113,6 +116,7 @@ class FhirEndpoint:
         self.reidentifier = reidentifier
         self.audit = audit
         self.delivery = delivery
+        self.rights = rights
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -134,6 +138,13 @@ class FhirEndpoint:
         if record is not None:
             response = self._recorded(record, response)
         await response(scope, receive, send)
+
+    async def _open_rights(self, call: ProxyCall, principal: Principal) -> None:
+        """The caller's rights under the access policy (their effective roles go into the audit record)."""
+        assert self.rights is not None
+        call.rights = await self.rights.view_for(principal)
+        if call.rights is not None and call.audit is not None:
+            call.audit.roles = tuple(sorted(call.rights.roles))
 
     def _start_record(self, scope: Scope) -> AuditRecord | None:
         if self.audit is None:
@@ -177,6 +188,8 @@ class FhirEndpoint:
                 describe_principal(record, principal)
             if not is_reidentify(call.request):
                 check_operation_allowed(call.view, call.request)
+            if self.rights is not None:
+                await self._open_rights(call, principal)
         if is_reidentify(call.request):
             return await self._reidentify(call, receive)
         await self._read_body(call, receive)
@@ -187,6 +200,9 @@ class FhirEndpoint:
         if call.view is not None:
             started = time.time()
             await authorize(call, upstream, self._fetch_current)
+            if call.rights is not None:
+                rights = call.rights
+                call.rights_operation = await authorize_rights(call, rights, upstream, self._fetch_current)
             note_stage(record, "policy", started)
             if record is not None:
                 record.decision = Decision.PERMIT
@@ -281,6 +297,8 @@ class FhirEndpoint:
         if self.reidentifier is None:
             raise NotFoundError("re-identification is not configured")
         principal = call.view.principal if call.view is not None else None
+        if call.rights is not None:
+            call.rights.check_operation(None, "reidentify")
         caller = self.reidentifier.authorize(principal, call.request.method)
         if call.audit is not None:
             call.audit.decision = Decision.PERMIT
@@ -365,6 +383,8 @@ class FhirEndpoint:
             return fhir_response(answer.status, b"", headers)
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
             body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
+            if call.rights is not None:
+                body, _withheld = await answer_body(call.rights, call.rights_operation, body)
             if self.consent_gate is not None:
                 patient = call.view.principal.patient if proven else None
                 started = time.time()
@@ -459,6 +479,7 @@ class FhirEndpoint:
         call.relative_path, _, call.query = location.paths[relation].partition("?")
         call.request = replace(call.request, resource_type=location.resource_type)
         call.decision = AccessDecision(response=ResponseCheck.BUNDLE, total_is_exact=location.total_is_exact)
+        call.rights_operation = "search"
         return await self._forward_json(call, upstream)
 
     async def _fetch_current(self, call: ProxyCall, upstream: Upstream) -> BufferedResponse:

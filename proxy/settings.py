@@ -21,6 +21,7 @@ from proxy.audit.alerts import AlertSettings
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
+    "AccessSettings",
     "AuditDeliverySettings",
     "AuditSettings",
     "AuthSettings",
@@ -688,6 +689,21 @@ class AuditSettings(_Model):
         return self.log_file is not None or self.telemetry.exporter != "none"
 
 
+class AccessSettings(_Model):
+    """The fine-grained access policy for people and clients (roles, departments, approvals, revocation)."""
+
+    policy_file: Path | None = Field(
+        None, description="The access-policy YAML file (see `fhirwall access-policy-schema`); unset = off."
+    )
+
+    _exists = field_validator("policy_file")(_existing_file)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the access-policy layer runs."""
+        return self.policy_file is not None
+
+
 class RedisSettings(_Model):
     """Shared state for several replicas (optional)."""
 
@@ -715,6 +731,13 @@ class Settings(_Model):
     consent: ConsentSettings = Field(default_factory=ConsentSettings)
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+
+    @model_validator(mode="after")
+    def _check_access(self) -> Settings:
+        if self.access.enabled and not self.auth.enforced:
+            raise ValueError("access.policy_file needs authentication (who is asking, in which roles)")
+        return self
 
     @model_validator(mode="after")
     def _check_consent(self) -> Settings:

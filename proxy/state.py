@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,6 +24,10 @@ from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.reidentify import Reidentifier
+from proxy.rights.attributes import AttributeResolver
+from proxy.rights.care import CareIndex
+from proxy.rights.gate import RightsGate
+from proxy.rights.model import policy_from_settings
 from proxy.settings import ConfigError, Settings
 from proxy.upstream import Upstream, UpstreamRouter
 
@@ -61,6 +66,7 @@ class ProxyState:
     reidentifier: Reidentifier | None = field(init=False, default=None)
     audit: AuditTrail | None = field(init=False, default=None)
     audit_delivery: AuditDelivery | None = field(init=False, default=None)
+    rights: RightsGate | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -82,6 +88,8 @@ class ProxyState:
                 )
         if settings.consent.enabled:
             self._build_consent_gate()
+        if settings.access.policy_file is not None:
+            self._build_rights(settings.access.policy_file)
         if settings.auth.dev_issuer.enabled:
             key = load_or_create_key(settings.auth.dev_issuer.key_file)
             self.dev_issuer = DevIssuer(key, dev_issuer_url(settings))
@@ -111,6 +119,16 @@ class ProxyState:
             if self.audit.telemetry is not None:
                 delivery = self.audit_delivery
                 self.audit.telemetry.set_backlog_source(lambda: delivery.backlog)
+
+    def _build_rights(self, path: Path) -> None:
+        policy = policy_from_settings(path)
+        max_bytes = self.settings.limits.max_upstream_body_bytes
+        self.rights = RightsGate(
+            policy,
+            AttributeResolver(policy, self.router, max_bytes),
+            CareIndex(policy.isolation, self.router, max_bytes),
+            hide_existence=self.settings.policy.hide_existence,
+        )
 
     def _build_consent_gate(self) -> None:
         consent = self.settings.consent

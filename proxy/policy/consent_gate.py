@@ -30,9 +30,8 @@ from proxy.audit.context import note_consent_verdict
 from proxy.auth.principal import Principal, claim_at
 from proxy.errors import NotFoundError
 from proxy.fhir.compartment import patient_id_of_reference, patient_references
-from proxy.fhir.slim import decode_slim_entries, slim_mapping
 from proxy.policy.actors import ActorResolver
-from proxy.policy.filtering import filter_bundle
+from proxy.policy.filtering import filter_bundle, patients_of_entries
 from proxy.settings import ConsentSettings
 
 __all__ = ["ConsentGate"]
@@ -106,7 +105,7 @@ class ConsentGate:
         if patients is not None and all(principal.fhir_user == f"Patient/{p}" for p in patients):
             return body  # patients reading their own record (see _verdict)
         if patients is None:
-            patients = _patients_of_entries(body)
+            patients = patients_of_entries(body)
         consents = await self._consents_for(patients)
         if self._nothing_to_withhold(principal, consents, body, total_gone=total_gone):
             return body
@@ -303,33 +302,3 @@ def _without_total(body: bytes) -> bytes:
         return body
     del members["total"]
     return msgspec.json.encode(members)
-
-
-def _patients_of_entries(body: bytes) -> set[str]:
-    """The patients of a Bundle's entries, read with the slim decoder (nested Bundles: a full parse)."""
-    entries = _RAW_BUNDLE.decode(body).get("entry")
-    if entries is None:
-        return set()
-    found: set[str] = set()
-    for entry in decode_slim_entries(memoryview(entries)):
-        resource = entry.resource
-        if resource is None:
-            continue
-        if resource.resourceType == "Bundle":
-            return _patients_in(orjson.loads(body))
-        found |= patient_references(slim_mapping(resource))
-    return found
-
-
-def _patients_in(document: Any) -> set[str]:
-    """Every patient whose compartment holds a resource anywhere in ``document`` (nested Bundles too)."""
-    found: set[str] = set()
-    for entry in document.get("entry", []) if isinstance(document, dict) else []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            continue
-        if resource.get("resourceType") == "Bundle":
-            found |= _patients_in(resource)
-        else:
-            found |= patient_references(resource)
-    return found

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 import orjson
 
+from proxy.fhir.compartment import patient_references
 from proxy.fhir.slim import decode_slim_entries, slim_mapping
 
-__all__ = ["FilterResult", "filter_bundle"]
+__all__ = ["FilterResult", "filter_bundle", "patients_of_entries"]
 
 _RAW_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
@@ -126,3 +127,33 @@ def _check_entry(
     ):
         return raw_entry, 0, False
     return None, 1, False
+
+
+def patients_of_entries(body: bytes) -> set[str]:
+    """The patients of a Bundle's entries, read with the slim decoder (nested Bundles: a full parse)."""
+    entries = _RAW_OBJECT.decode(body).get("entry")
+    if entries is None:
+        return set()
+    found: set[str] = set()
+    for entry in decode_slim_entries(memoryview(entries)):
+        resource = entry.resource
+        if resource is None:
+            continue
+        if resource.resourceType == "Bundle":
+            return _patients_in(orjson.loads(body))
+        found |= patient_references(slim_mapping(resource))
+    return found
+
+
+def _patients_in(document: Any) -> set[str]:
+    """Every patient whose compartment holds a resource anywhere in ``document`` (nested Bundles too)."""
+    found: set[str] = set()
+    for entry in document.get("entry", []) if isinstance(document, dict) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "Bundle":
+            found |= _patients_in(resource)
+        else:
+            found |= patient_references(resource)
+    return found
