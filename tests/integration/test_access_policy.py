@@ -4,6 +4,7 @@ a PractitionerRole that ends losing its rights within the attribute TTL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from proxy.embedded_upstream import EmbeddedUpstream
 from tests.conftest import REPO_ROOT, RunningProxy, free_port, make_settings
 
 POLICY = REPO_ROOT / "examples" / "access" / "hospital-policy.yaml"
+ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/practitioner-role"
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
@@ -207,3 +209,44 @@ def test_scopes_still_bound_the_policy(hospital: Hospital) -> None:
     with hospital.as_staff("dr-heart", scope="user/Patient.rs") as heart:
         assert heart.get("/Patient/pt-cardio-inpatient").status_code == 200
         assert heart.get("/Observation/obs-vitals-pt-cardio-inpatient").status_code == 403
+
+
+def test_an_ended_practitioner_role_stops_granting_within_the_ttl_on_every_replica(
+    hospital: Hospital, tmp_path: Path
+) -> None:
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "role-dr-locum",
+        "active": True,
+        "practitioner": {"reference": "Practitioner/dr-locum"},
+        "organization": {"reference": "Organization/dept-cardiology"},
+        "code": [{"coding": [{"system": ROLE_SYSTEM, "code": "doctor"}]}],
+    }
+    upstream = hospital.upstream.base_url
+    assert httpx.put(f"{upstream}/PractitionerRole/role-dr-locum", json=role, headers=FHIR_JSON).is_success
+    policy = policy_file(tmp_path, attributes={"cache_seconds": 1})
+    replica_a, issuer_a = start_proxy(hospital.upstream, tmp_path, policy)
+    replica_b, issuer_b = start_proxy(hospital.upstream, tmp_path, policy)
+    try:
+        replicas = [
+            Hospital(hospital.upstream, replica_a, issuer_a),
+            Hospital(hospital.upstream, replica_b, issuer_b),
+        ]
+        clients = [replica.as_staff("dr-locum") for replica in replicas]
+        for client in clients:
+            assert client.get("/Patient/pt-cardio-inpatient").status_code == 200  # attributes now cached
+        ended = {**role, "active": False}
+        assert httpx.put(
+            f"{upstream}/PractitionerRole/role-dr-locum", json=ended, headers=FHIR_JSON
+        ).is_success
+        deadline = time.monotonic() + 5
+        for client in clients:
+            while client.get("/Patient/pt-cardio-inpatient").status_code == 200:
+                assert time.monotonic() < deadline, "the ended role still grants after its TTL"
+                time.sleep(0.2)
+            assert client.get("/Patient/pt-cardio-inpatient").status_code == 403
+        for client in clients:
+            client.close()
+    finally:
+        replica_a.stop()
+        replica_b.stop()
