@@ -68,12 +68,20 @@ from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.decision import AccessDecision, ResponseCheck
+from proxy.policy.filtering import patients_of_entries
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
 from proxy.reidentify import Reidentifier, is_reidentify
 from proxy.responses import fhir_response, outcome_response, raw_stream_response
 from proxy.rights.enforcement import answer_body, authorize_rights
 from proxy.rights.gate import RightsGate
+from proxy.rights.sensitive import (
+    counts_patients,
+    lifts_isolation,
+    patient_rules,
+    request_rules,
+    use_approvals,
+)
 from proxy.settings import Settings
 from proxy.upstream import BufferedResponse, Upstream, UpstreamRouter
 
@@ -142,9 +150,51 @@ class FhirEndpoint:
     async def _open_rights(self, call: ProxyCall, principal: Principal) -> None:
         """The caller's rights under the access policy (their effective roles go into the audit record)."""
         assert self.rights is not None
+        await self.rights.check_revoked(principal)
         call.rights = await self.rights.view_for(principal)
         if call.rights is not None and call.audit is not None:
             call.audit.roles = tuple(sorted(call.rights.roles))
+
+    async def _authorize_rights(self, call: ProxyCall, principal: Principal, upstream: Upstream) -> None:
+        """The access policy's request checks; approvals are used only once everything else allowed it."""
+        assert self.rights is not None
+        assert call.rights is not None
+        if lifts_isolation(self.rights.policy, principal):
+            call.rights.isolation_lifted = True  # the break-glass approval is still required below
+            if call.audit is not None:
+                call.audit.reasons.append("break-glass: department isolation lifted")
+        call.rights_operation = await authorize_rights(call, call.rights, upstream, self._fetch_current)
+        await self._approve_request(call, principal, call.rights_operation)
+
+    async def _approve_request(self, call: ProxyCall, principal: Principal, operation: str | None) -> None:
+        """Sensitive requests (by operation, break-glass) must present an approval per rule they set off."""
+        assert self.rights is not None
+        assert call.rights is not None
+        rules = request_rules(self.rights.policy, call.rights.roles, operation, principal)
+        if rules:
+            await self._use_approvals(call, principal, rules)
+
+    async def _approve_answer(self, call: ProxyCall, body: bytes) -> None:
+        """An answer carrying more patients than a rule allows needs an approval too (else it is withheld)."""
+        assert self.rights is not None
+        assert call.rights is not None
+        assert call.view is not None
+        policy, roles = self.rights.policy, call.rights.roles
+        if not counts_patients(policy, roles) or decode_resource_head(body).resourceType != "Bundle":
+            return
+        rules = patient_rules(policy, roles, len(patients_of_entries(body)))
+        if rules:
+            await self._use_approvals(call, call.view.principal, rules)
+
+    async def _use_approvals(self, call: ProxyCall, principal: Principal, rules: list[str]) -> None:
+        assert self.rights is not None
+        header = self.rights.policy.approvals.header
+        store = self.rights.approvals
+        used = await use_approvals(store, rules, call.headers.get(header), principal, call.request_id, header)
+        if call.audit is not None:
+            call.audit.reasons += [
+                f"approval {approval} used for {rule}" for approval, rule in zip(used, rules, strict=True)
+            ]
 
     def _start_record(self, scope: Scope) -> AuditRecord | None:
         if self.audit is None:
@@ -201,8 +251,7 @@ class FhirEndpoint:
             started = time.time()
             await authorize(call, upstream, self._fetch_current)
             if call.rights is not None:
-                rights = call.rights
-                call.rights_operation = await authorize_rights(call, rights, upstream, self._fetch_current)
+                await self._authorize_rights(call, call.view.principal, upstream)
             note_stage(record, "policy", started)
             if record is not None:
                 record.decision = Decision.PERMIT
@@ -297,8 +346,9 @@ class FhirEndpoint:
         if self.reidentifier is None:
             raise NotFoundError("re-identification is not configured")
         principal = call.view.principal if call.view is not None else None
-        if call.rights is not None:
+        if call.rights is not None and principal is not None:
             call.rights.check_operation(None, "reidentify")
+            await self._approve_request(call, principal, "reidentify")
         caller = self.reidentifier.authorize(principal, call.request.method)
         if call.audit is not None:
             call.audit.decision = Decision.PERMIT
@@ -390,6 +440,8 @@ class FhirEndpoint:
                 started = time.time()
                 body = await self._consent_checked(call, call.view.principal, body, patient)
                 note_stage(call.audit, "consent", started)
+            if call.rights is not None:
+                await self._approve_answer(call, body)
             if call.audit is not None:
                 self._note_patients(call.audit, body, call.view.principal.patient if proven else None)
         else:

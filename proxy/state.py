@@ -24,10 +24,12 @@ from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.reidentify import Reidentifier
+from proxy.rights.approvals import ApprovalStore, MemoryApprovalStore, RedisApprovalStore
 from proxy.rights.attributes import AttributeResolver
 from proxy.rights.care import CareIndex
 from proxy.rights.gate import RightsGate
-from proxy.rights.model import policy_from_settings
+from proxy.rights.model import AccessPolicy, policy_from_settings
+from proxy.rights.revocation import FileRevocationStore, RedisRevocationStore, RevocationList, RevocationStore
 from proxy.settings import ConfigError, Settings
 from proxy.upstream import Upstream, UpstreamRouter
 
@@ -123,12 +125,33 @@ class ProxyState:
     def _build_rights(self, path: Path) -> None:
         policy = policy_from_settings(path)
         max_bytes = self.settings.limits.max_upstream_body_bytes
+        if self.redis is None and self.settings.server.workers > 1:
+            raise ConfigError(
+                [("redis.url", "the access policy with several workers needs Redis (shared state)")]
+            )
+        approvals: ApprovalStore = (
+            RedisApprovalStore(self.redis, policy.approvals)
+            if self.redis is not None
+            else MemoryApprovalStore(policy.approvals)
+        )
         self.rights = RightsGate(
             policy,
             AttributeResolver(policy, self.router, max_bytes),
             CareIndex(policy.isolation, self.router, max_bytes),
             hide_existence=self.settings.policy.hide_existence,
+            approvals=approvals,
+            revocations=self._revocation_list(policy),
         )
+
+    def _revocation_list(self, policy: AccessPolicy) -> RevocationList | None:
+        store: RevocationStore
+        if self.redis is not None:
+            store = RedisRevocationStore(self.redis)
+        elif policy.revocation.file is not None:
+            store = FileRevocationStore(policy.revocation.file)
+        else:
+            return None
+        return RevocationList(store, policy.revocation.refresh_seconds)
 
     def _build_consent_gate(self) -> None:
         consent = self.settings.consent
@@ -158,6 +181,9 @@ class ProxyState:
                 raise ConfigError([("audit.delivery", str(exc))]) from None
         if self.consent_cache is not None:
             await self.consent_cache.start()
+        if self.rights is not None and self.rights.revocations is not None:
+            await self.rights.revocations.refresh()
+            await self.rights.revocations.start()
 
     async def close(self) -> None:
         """Close connection pools and the audit log (its final signed checkpoint)."""
@@ -167,6 +193,8 @@ class ProxyState:
             self.audit.close()
         if self.consent_cache is not None:
             await self.consent_cache.close()
+        if self.rights is not None and self.rights.revocations is not None:
+            await self.rights.revocations.stop()
         await self.router.close()
         await self.http.aclose()
         if self.redis is not None:

@@ -31,6 +31,7 @@ class ApprovalRequiredError(ForbiddenError):
             f"request and send its id in the {approval_header} header"
         )
         self.rule = rule
+        self.problem = problem
 
 
 class RevokedError(AuthenticationError):

@@ -22,11 +22,13 @@ from proxy.auth.principal import Principal
 from proxy.errors import NotFoundError
 from proxy.fhir.compartment import patient_references
 from proxy.policy.filtering import filter_bundle, patients_of_entries
+from proxy.rights.approvals import ApprovalStore
 from proxy.rights.attributes import AttributeResolver, StaffAttributes
 from proxy.rights.care import CareFacts, CareIndex
 from proxy.rights.errors import PolicyDeniedError
 from proxy.rights.grants import CompiledPolicy, Grant
 from proxy.rights.model import AccessPolicy
+from proxy.rights.revocation import RevocationList
 
 __all__ = ["RightsGate", "RightsView"]
 
@@ -37,13 +39,28 @@ class RightsGate:
     """The access policy of one deployment, with its attribute and care-relationship lookups."""
 
     def __init__(
-        self, policy: AccessPolicy, attributes: AttributeResolver, care: CareIndex, *, hide_existence: bool
+        self,
+        policy: AccessPolicy,
+        attributes: AttributeResolver,
+        care: CareIndex,
+        *,
+        hide_existence: bool,
+        approvals: ApprovalStore | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self.policy = policy
         self.compiled = CompiledPolicy(policy)
         self.attributes = attributes
         self.care = care
         self.hide_existence = hide_existence
+        self.approvals = approvals
+        self.revocations = revocations
+
+    async def check_revoked(self, principal: Principal) -> None:
+        """``RevokedError`` (401) when the caller's user, client or token was revoked."""
+        if self.revocations is not None:
+            await self.revocations.refresh_if_due()
+            self.revocations.check(principal)
 
     async def view_for(self, principal: Principal) -> RightsView | None:
         """The caller's rights for one request; None when the policy exempts the caller (patients)."""
@@ -61,6 +78,8 @@ class RightsView:
 
     gate: RightsGate
     member: StaffAttributes
+    isolation_lifted: bool = False
+    """Break-glass, approved or by an exempt role: department isolation does not apply to this request."""
 
     @property
     def roles(self) -> frozenset[str]:
@@ -84,7 +103,8 @@ class RightsView:
     def restricted(self, resource_type: str, operations: Iterable[str]) -> bool:
         """True unless a grant for the type needs neither a condition nor a care relationship."""
         return not any(
-            grant.condition is None and not grant.isolated for grant in self.grants(resource_type, operations)
+            grant.condition is None and (not grant.isolated or self.isolation_lifted)
+            for grant in self.grants(resource_type, operations)
         )
 
     def unrestricted_everywhere(self, operations: Iterable[str]) -> bool:
@@ -141,7 +161,7 @@ class RightsView:
         for grant in grants:
             if grant.condition is not None and not grant.condition.holds(resource, self.member.environment):
                 continue
-            if not grant.isolated:
+            if not grant.isolated or self.isolation_lifted:
                 return True
             if patients is None:
                 patients = patient_references(resource)
@@ -161,6 +181,8 @@ class RightsView:
         return await self.gate.care.facts_for_all(patients)
 
     def _isolation_applies(self, operations: tuple[str, ...]) -> bool:
+        if self.isolation_lifted:
+            return False
         compiled = self.gate.compiled
         return any(grant.isolated for grant in compiled.all_grants(self.roles, operations))
 
