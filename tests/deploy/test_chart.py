@@ -792,3 +792,21 @@ def test_chart_settings_land_in_the_configuration(chart: helm.Chart, tmp_path: P
     manifests = render(chart, custom)
     assert rendered_config(manifests)["server"] == {"host": "0.0.0.0", "port": 9090}
     assert proxy_container(manifests)["ports"][0]["containerPort"] == 9090
+
+
+def test_chart_and_image_agree(chart: helm.Chart) -> None:
+    """What the chart assumes about the image is what the Containerfile builds."""
+    from tests.deploy.test_container import CONTAINERFILE, exec_form, parse_containerfile
+
+    _, stages = parse_containerfile(CONTAINERFILE.read_text())
+    final = stages[-1]
+    manifests = render(chart, merged(ci_values("tls"), {"tls": {"enabled": False}}))
+    spec = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    container = proxy_container(manifests)
+    uid, _, gid = final.last("USER").partition(":")
+    context = spec["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    assert exec_form(final.last("CMD")) == container["args"]
+    assert int(final.last("EXPOSE")) == container["ports"][0]["containerPort"]
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == set(exec_form(final.last("VOLUME")))
