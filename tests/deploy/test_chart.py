@@ -411,6 +411,8 @@ def test_pods_are_hardened(chart: helm.Chart, values_file: Path) -> None:
     manifests = render(chart, yaml.safe_load(values_file.read_text()))
     for spec in _pod_specs(manifests):
         assert spec["automountServiceAccountToken"] is False
+        # No FHIRWALL_SERVICE_HOST / FHIRWALL_PORT variables for a Service named fhirwall.
+        assert spec["enableServiceLinks"] is False
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] == 10001
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
