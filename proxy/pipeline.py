@@ -434,7 +434,7 @@ class FhirEndpoint:
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
             body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
             if call.rights is not None:
-                body, _withheld = await answer_body(call.rights, call.rights_operation, body)
+                body, _withheld = await answer_body(call.rights, call.rights_operation, body, call.request)
             if self.consent_gate is not None:
                 patient = call.view.principal.patient if proven else None
                 started = time.time()

@@ -856,6 +856,8 @@ def _env_overrides(
         if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "_"):
             continue
         key_path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if len(key_path) == 1 and key_path[0] not in Settings.model_fields:
+            continue  # not an override: e.g. FHIRWALL_PORT from Kubernetes service links, a secret's name
         try:
             found.append((key_path, yaml.safe_load(raw) if raw else raw))
         except yaml.YAMLError:

@@ -24,7 +24,7 @@ from proxy.rights.gate import RightsView
 from proxy.rights.operations import operation_of, response_operations
 from proxy.upstream import Upstream
 
-__all__ = ["answer_body", "authorize_rights"]
+__all__ = ["answer_body", "authorize_rights", "searched_patient"]
 
 _WRITES_DOCUMENT = frozenset({Interaction.CREATE, Interaction.UPDATE})
 _CHANGES_STORED = frozenset({Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE})
@@ -130,15 +130,37 @@ async def _authorize_entry(rights: RightsView, request: FhirRequest, resource: A
         )
 
 
-async def answer_body(rights: RightsView, operation: str | None, body: bytes) -> tuple[bytes, int]:
+async def answer_body(
+    rights: RightsView, operation: str | None, body: bytes, request: FhirRequest
+) -> tuple[bytes, int]:
     """The answer as the policy lets the caller see it: Bundles filtered (count of dropped entries), one
     resource refused when it may not be seen."""
     operations = response_operations(operation or "read")
     head = decode_resource_head(body)
     if head.resourceType == "Bundle":
-        return await rights.filter_body(body, operations)
+        return await rights.filter_body(body, operations, searched_patient(request))
     await rights.check_resource(body, operations)
     return body, 0
+
+
+def searched_patient(request: FhirRequest) -> tuple[str, str] | None:
+    """``(type, patient id)`` when the request searches one type for exactly one patient."""
+    resource_type = request.resource_type
+    if resource_type is None or any(key.startswith(("_include", "_revinclude")) for key, _ in request.params):
+        return None
+    compartment = request.compartment
+    if request.interaction is Interaction.SEARCH_COMPARTMENT and compartment is not None:
+        return (resource_type, compartment.id) if compartment.resource_type == "Patient" else None
+    if request.interaction is not Interaction.SEARCH_TYPE:
+        return None
+    named = {value for key, value in request.params if key in ("patient", "subject")}
+    if len(named) != 1:
+        return None
+    value = named.pop()
+    patient = value.removeprefix("Patient/") if value.startswith("Patient/") else None
+    if patient is None and "/" not in value and "," not in value and ("patient", value) in request.params:
+        patient = value  # patient=<id> names a Patient
+    return (resource_type, patient) if patient else None
 
 
 def _resource(body: bytes) -> dict[str, Any]:

@@ -63,6 +63,7 @@ GOAL_MAX_P50_RATIO = 1.5
 GOAL_POLICY_MIN_RPS_RATIO = 0.45  # fhirwall with SMART scopes and compartment checks
 GOAL_CONSENT_MIN_RPS_RATIO = 0.40  # ... and patient consent (cached lookups)
 GOAL_MASKING_MIN_RPS_RATIO = 0.35  # ... and the Safe Harbor masking profile on every answer
+GOAL_ISOLATION_MIN_RPS_RATIO = 0.35  # SMART scopes + access policy with department isolation (cached)
 GOAL_AUDIT_MIN_RATIO = 0.90  # the audit trail costs at most 10 % of the same row without it
 MASKING_CONFIG = """
 masking:
@@ -289,6 +290,7 @@ def seed_upstream(base_url: str, patient: Json, observations: list[Json]) -> str
         raise RuntimeError(f"seeding the Patient failed with HTTP {status}")
     patient_id = str(created["id"])
     seed_consent(base_url, patient_id)
+    seed_care(base_url, patient_id)
     prepared = seed_data.prepare_observations(observations, patient_id)
     status, _ = http_request("POST", base_url, seed_data.transaction_bundle(prepared))
     if not 200 <= status < 300:
@@ -322,6 +324,21 @@ def seed_consent(base_url: str, patient_id: str) -> None:
         raise RuntimeError(f"seeding the Consent failed with HTTP {status}")
 
 
+def seed_care(base_url: str, patient_id: str) -> None:
+    """An in-progress Encounter at the benchmark clinician's ward: the patient is in their care."""
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "serviceProvider": {"reference": f"Organization/{BENCH_WARD}"},
+        "period": {"start": "2026-01-01T00:00:00Z"},
+    }
+    status, _ = http_request("POST", base_url + "/Encounter", encounter)
+    if status != 201:
+        raise RuntimeError(f"seeding the Encounter failed with HTTP {status}")
+
+
 def check_seed(base_url: str, requests: list[BenchRequest]) -> None:
     """Make sure the read works and the search really returns SEARCH_COUNT entries."""
     read, search = requests
@@ -346,6 +363,17 @@ def bench_requests(patient_id: str) -> list[BenchRequest]:
 
 # --------------------------------------------------------------------------- rows
 
+BENCH_WARD = "bench-ward"
+ISOLATION_POLICY = """
+roles:
+  clinician:
+    isolation: care-relationship
+    permissions:
+      - {resources: ["*"], operations: [read, search, history]}
+attributes: {practitioner_roles: false, cache_seconds: 300}
+isolation: {recent_days: 30, cache_seconds: 300}
+"""
+
 
 def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) -> list[Row]:
     """Return the servers to benchmark, in table order."""
@@ -356,6 +384,7 @@ def build_rows(upstream_base: str, args: argparse.Namespace, patient_id: str) ->
     rows.append(policy_row(upstream_base, patient_id))
     rows.append(policy_row(upstream_base, patient_id, consent=True))
     rows.append(clinician_row(upstream_base))
+    rows.append(isolation_row(upstream_base))
     rows.append(masking_row(upstream_base, patient_id))
     rows.append(audit_row(upstream_base, patient_id))
     if args.rows:
@@ -400,6 +429,29 @@ def audit_row(upstream_base: str, patient_id: str) -> Row:
     }
     return secured_row(
         "fhirwall-audit", upstream_base, GOAL_CONSENT_MIN_RPS_RATIO, claims, consent=True, extra_env=env
+    )
+
+
+def isolation_row(upstream_base: str) -> Row:
+    """fhirwall with the access policy: a clinician (role and ward from the token) under department
+    isolation; the patient's care relationship (an Encounter at the ward) is looked up once, then cached."""
+    claims = {
+        "client_id": "bench-ehr",
+        "scope": "user/*.rs",
+        "fhirUser": "Practitioner/bench-doctor",
+        "roles": ["clinician"],
+        "organization": BENCH_WARD,
+    }
+    policy = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "access-policy.yaml"
+    policy.write_text(ISOLATION_POLICY)
+    env = {"FHIRWALL_ACCESS__POLICY_FILE": str(policy)}
+    return secured_row(
+        "fhirwall-isolation",
+        upstream_base,
+        GOAL_ISOLATION_MIN_RPS_RATIO,
+        claims,
+        consent=False,
+        extra_env=env,
     )
 
 

@@ -121,6 +121,12 @@ def test_searches_return_only_patients_in_care(hospital: Hospital) -> None:
         assert "total" not in found  # other pages could hold withheld entries
         other = heart.get("/Condition", params={"patient": "pt-onco-recent"}).json()
         assert ids(other) == set()
+        for params in ({"patient": "pt-cardio-inpatient"}, {"subject": "Patient/pt-cardio-inpatient"}):
+            one = heart.get("/Observation", params=params).json()  # one patient's search: decided once
+            assert len(ids(one)) == 2
+            assert "total" not in one
+        compartment = heart.get("/Patient/pt-onco-recent/Observation").json()
+        assert ids(compartment) == set()
         assert ids(onco.get("/Patient", params={"_count": 100}).json()) == {
             "Patient/pt-onco-recent",
             "Patient/pt-onco-careteam",

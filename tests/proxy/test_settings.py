@@ -51,6 +51,19 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert settings.limits.max_body_bytes == 2048
 
 
+def test_variables_that_name_no_section_are_not_overrides(tmp_path: Path) -> None:
+    environ = {
+        "FHIRWALL_PORT": "tcp://10.0.0.1:8080",  # Kubernetes service links for a Service named fhirwall
+        "FHIRWALL_SERVICE_HOST": "10.0.0.1",
+        "FHIRWALL_MASKING_HASH_KEY": "a secret whose variable happens to start with the prefix",
+        "FHIRWALL_REDIS": "{url: 'redis://127.0.0.1:6379/0'}",  # a whole section is an override
+    }
+    settings = load_settings(write(tmp_path, MINIMAL), environ=environ)
+    assert settings.redis.url == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="sevrer"):
+        load_settings(write(tmp_path, MINIMAL), environ={"FHIRWALL_SEVRER__PORT": "1"})
+
+
 def test_cli_overrides_environment(tmp_path: Path) -> None:
     settings = load_settings(
         write(tmp_path, MINIMAL), environ={"FHIRWALL_SERVER__PORT": "9100"}, overrides={"server.port": 9200}
