@@ -14,12 +14,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from proxy.auth.authenticator import Authenticator
 from proxy.auth.dev_issuer import PERSONAS
 from proxy.errors import MethodNotAllowedError, NotFoundError, ProxyError
 from proxy.health import healthz, readyz
 from proxy.middleware import RequestContextMiddleware
 from proxy.pipeline import FhirEndpoint
 from proxy.responses import outcome_response
+from proxy.rights.admin import AdminApp
+from proxy.rights.admin_audit import admin_auditor
+from proxy.rights.gate import RightsGate
 from proxy.settings import Settings
 from proxy.state import ProxyState
 
@@ -61,6 +65,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Mount(settings.server.base_path, app=endpoint),
     ]
+    if state.rights is not None and state.authenticator is not None:
+        routes.append(Mount("/admin", app=admin_app(state, state.rights, state.authenticator)))
     if state.dev_issuer is not None:
         routes += [
             Route("/_dev/jwks.json", _dev_jwks, methods=["GET"]),
@@ -74,6 +80,31 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.proxy = state
     return app
+
+
+def admin_app(state: ProxyState, rights: RightsGate, authenticator: Authenticator) -> AdminApp:
+    """The administrative API (revocations, approvals) of the access policy, audited like FHIR requests."""
+    settings = state.settings
+    revocations = rights.revocations
+    assert revocations is not None
+    assert rights.approvals is not None
+
+    def public_base(request: Request) -> str:
+        return (
+            settings.server.public_base_url or str(request.base_url).rstrip("/") + settings.server.base_path
+        )
+
+    return AdminApp(
+        authenticate=authenticator.authenticate,
+        public_base=public_base,
+        attributes=rights.attributes,
+        compiled=rights.compiled,
+        revocations=revocations.store,
+        revocation_list=revocations,
+        approvals=rights.approvals,
+        policy=rights.policy,
+        audit=admin_auditor(state.audit) if state.audit is not None else None,
+    )
 
 
 async def _dev_jwks(request: Request) -> Response:

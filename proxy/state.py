@@ -143,14 +143,17 @@ class ProxyState:
             revocations=self._revocation_list(policy),
         )
 
-    def _revocation_list(self, policy: AccessPolicy) -> RevocationList | None:
+    def _revocation_list(self, policy: AccessPolicy) -> RevocationList:
         store: RevocationStore
         if self.redis is not None:
             store = RedisRevocationStore(self.redis)
         elif policy.revocation.file is not None:
             store = FileRevocationStore(policy.revocation.file)
         else:
-            return None
+            problem = (
+                "revocations need Redis (redis.url) or a revocation file (revocation.file in the policy)"
+            )
+            raise ConfigError([("access.policy_file", problem)])
         return RevocationList(store, policy.revocation.refresh_seconds)
 
     def _build_consent_gate(self) -> None:

@@ -47,6 +47,7 @@ class Hospital:
 def policy_file(folder: Path, **changes: Any) -> Path:
     """The example hospital policy with top-level sections changed (e.g. shorter cache times)."""
     data = yaml.safe_load(POLICY.read_text())
+    data["revocation"] = {"file": str(folder / "revocations.jsonl"), "refresh_seconds": 0.5}
     for section, values in changes.items():
         data[section] = {**data.get(section, {}), **values}
     path = folder / "policy.yaml"
