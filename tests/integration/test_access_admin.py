@@ -25,7 +25,7 @@ from tests.conftest import REPO_ROOT, RedisServer, RunningProxy, free_port, make
 POLICY = REPO_ROOT / "examples" / "access" / "hospital-policy.yaml"
 FHIR_JSON = {"content-type": "application/fhir+json"}
 AUDIT_KEY_ENV = "FHIRWALL_TEST_ADMIN_AUDIT_KEY"
-BREAK_GLASS = {"extensions": {"ihe_iua": {"purpose_of_use": ["BTG"]}}}
+BREAK_GLASS: dict[str, Any] = {"extensions": {"ihe_iua": {"purpose_of_use": ["BTG"]}}}
 
 
 @dataclass
@@ -198,7 +198,9 @@ def age_approval(server: RedisServer, approval: str) -> None:
     """Let the approval's validity pass (as if its minutes were over)."""
     client = redis.Redis.from_url(server.url)
     key = f"fhirwall:approval:{approval}"
-    stored = orjson.loads(client.get(key))
+    raw = client.get(key)
+    assert isinstance(raw, bytes)
+    stored = orjson.loads(raw)
     stored["expires_at"] = time.time() - 1
     client.set(key, orjson.dumps(stored), keepttl=True)
     client.close()
