@@ -14,6 +14,7 @@ import orjson
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.cli_audit import add_audit_commands
 from proxy.cli_masking import add_masking_commands
+from proxy.cli_rights_review import add_review_commands
 from proxy.masking import MaskingPolicy
 from proxy.rights.model import access_policy_schema_text, policy_from_settings
 from proxy.settings import ConfigError, Settings, load_settings
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     demo.add_argument("--upstream-port", type=int, default=8090, help="embedded upstream port (default 8090)")
+    demo.add_argument(
+        "--hospital-port",
+        type=int,
+        default=8081,
+        help="the access-policy scenario's proxy port (default 8081)",
+    )
     demo.add_argument("--patients", type=int, default=4, help="synthetic patients to load (default 4, max 6)")
     demo.set_defaults(handler=_demo)
 
@@ -83,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=_token)
     add_masking_commands(commands)
     add_audit_commands(commands)
+    add_review_commands(commands)
     return parser
 
 
@@ -142,7 +150,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    return run_demo(proxy_port=args.port, upstream_port=args.upstream_port, patients=args.patients)
+    return run_demo(
+        proxy_port=args.port,
+        upstream_port=args.upstream_port,
+        patients=args.patients,
+        hospital_port=args.hospital_port,
+    )
 
 
 def _token(args: argparse.Namespace) -> int:

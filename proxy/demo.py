@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+import yaml
 
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.demo_consent import (
@@ -22,8 +24,15 @@ from proxy.demo_consent import (
     consent_tokens,
     seed_consent_scenario,
 )
+from proxy.demo_rights import (
+    HOSPITAL_POLICY,
+    departments_bundle,
+    hospital_requests,
+    hospital_tokens,
+    request_approval,
+)
 from proxy.embedded_upstream import EXAMPLE_DATA, EmbeddedUpstream, synthea_bundles
-from proxy.serve import run_server
+from proxy.serve import run_server, uvicorn_config
 from proxy.settings import load_settings
 
 __all__ = ["run_demo"]
@@ -40,6 +49,7 @@ DEMO_MASKING: dict[str, Any] = {
     "masking.default_profile": "none",
     "masking.reidentification.roles": ["privacy-officer"],
 }
+_FHIR_JSON = {"content-type": "application/fhir+json"}
 DEMO_KEY_FILE = Path(".fhirwall-dev/issuer-key.pem")
 TOKEN_LIFETIME_SECONDS = 8 * 3600
 
@@ -65,7 +75,7 @@ class DemoIds:
         return self.practitioners[0]
 
 
-def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
+def run_demo(*, proxy_port: int, upstream_port: int, patients: int, hospital_port: int = 8081) -> int:
     """Start everything, print how to use it, serve until Ctrl-C."""
     bundles = synthea_bundles(EXAMPLE_DATA, min(max(patients, 3), MAX_DEMO_PATIENTS))
     if len(bundles) < 5:
@@ -94,22 +104,85 @@ def run_demo(*, proxy_port: int, upstream_port: int, patients: int) -> int:
         )
         issuer = DevIssuer(load_or_create_key(DEMO_KEY_FILE), issuer_url)
         text = banner(f"http://127.0.0.1:{proxy_port}/fhir", upstream.base_url, ids, issuer, scenario)
-        threading.Thread(target=_print_when_ready, args=(proxy_port, text), daemon=True).start()
+        hospital = _start_hospital(upstream, hospital_port)
+        threading.Thread(target=_print_when_ready, args=(proxy_port, text, hospital), daemon=True).start()
         run_server(settings)
     return 0
 
 
-def _print_when_ready(port: int, text: str) -> None:
-    """Print ``text`` once the proxy answers, so every printed request works when it is read."""
+def _start_hospital(upstream: EmbeddedUpstream, port: int) -> DevIssuer:
+    """The access-policy scenario: its data in the upstream, a second proxy enforcing the hospital policy."""
+    httpx.post(
+        upstream.base_url, json=departments_bundle(), headers=_FHIR_JSON, timeout=60
+    ).raise_for_status()
+    policy = yaml.safe_load(HOSPITAL_POLICY.read_text(encoding="utf-8"))
+    revocations = DEMO_KEY_FILE.parent / "hospital-revocations.jsonl"
+    revocations.unlink(missing_ok=True)  # every demo starts with nobody revoked
+    policy["revocation"] = {"file": str(revocations), "refresh_seconds": 1}
+    policy_file = DEMO_KEY_FILE.parent / "hospital-policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    issuer_url = f"http://127.0.0.1:{port}/_dev"
+    settings = load_settings(
+        None,
+        overrides={
+            "server.port": port,
+            "server.log_level": "warning",
+            "upstreams": [{"name": "default", "url": upstream.base_url}],
+            "auth.dev_issuer": {"enabled": True, "key_file": str(DEMO_KEY_FILE), "issuer": issuer_url},
+            "policy.hide_existence": False,
+            "access.policy_file": str(policy_file),
+        },
+    )
+    server = uvicorn.Server(uvicorn_config(settings))
+    threading.Thread(target=server.run, daemon=True).start()
+    return DevIssuer(load_or_create_key(DEMO_KEY_FILE), issuer_url)
+
+
+def _print_when_ready(port: int, text: str, hospital: DevIssuer) -> None:
+    """Print ``text`` once both proxies answer, so every printed request works when it is read."""
+    hospital_root = hospital.issuer.removesuffix("/_dev")
+    if _ready(f"http://127.0.0.1:{port}") and _ready(hospital_root):
+        print(text + hospital_banner(hospital_root, hospital), flush=True)
+        return
+    print("the proxy did not start; see the log above", file=sys.stderr, flush=True)
+
+
+def _ready(root: str) -> bool:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                print(text, flush=True)
-                return
+            if httpx.get(f"{root}/healthz", timeout=1).status_code == 200:
+                return True
         except httpx.HTTPError:
-            time.sleep(0.1)
-    print("the proxy did not start; see the log above", file=sys.stderr, flush=True)
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def hospital_banner(root: str, issuer: DevIssuer) -> str:
+    """The access-policy part of the banner (a pending approval request is created for it)."""
+    tokens = hospital_tokens(issuer, f"{root}/fhir", TOKEN_LIFETIME_SECONDS)
+    approval = request_approval(root, tokens["DR_HEART_TOKEN"])
+    lines = [
+        "",
+        f"Hospital with an access policy (examples/access/hospital-policy.yaml), a second proxy: {root}/fhir",
+        "  cardiology (dr-heart), oncology (dr-onco), laboratory (lab-tech), privacy officer, HR system",
+        *(f"  export {variable}={token}" for variable, token in tokens.items()),
+    ]
+    for title, requests in hospital_requests(root, approval):
+        lines += ["", title]
+        for request in requests:
+            content_type = "application/json" if "/admin/" in request.url else "application/fhir+json"
+            lines += _request(
+                request.method,
+                request.url,
+                request.token,
+                request.expect,
+                request.body,
+                request.headers,
+                content_type,
+            )
+    return "\n".join([*lines, "", "Press Ctrl-C to stop."])
 
 
 def _demo_ids(responses: list[dict[str, Any]]) -> DemoIds:
@@ -121,14 +194,23 @@ def _demo_ids(responses: list[dict[str, Any]]) -> DemoIds:
     return DemoIds(found["Patient"], found["Observation"][0], found["Practitioner"])
 
 
-def _request(method: str, url: str, token_var: str | None, expect: str, data: str | None = None) -> list[str]:
+def _request(
+    method: str,
+    url: str,
+    token_var: str | None,
+    expect: str,
+    data: str | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+    content_type: str = "application/fhir+json",
+) -> list[str]:
     parts = ["curl -s -w '\\n-> HTTP %{http_code}\\n'"]
     if method != "GET":
         parts.append(f"-X {method}")
     if token_var:
         parts.append(f'-H "Authorization: Bearer ${token_var}"')
+    parts += [f"-H {shlex.quote(f'{name}: {value}')}" for name, value in headers]
     if data:
-        parts += ["-H 'Content-Type: application/fhir+json'", f"-d {shlex.quote(data)}"]
+        parts += [f"-H 'Content-Type: {content_type}'", f"-d {shlex.quote(data)}"]
     parts.append(shlex.quote(url))
     return [f"  # {expect}", "  " + " ".join(parts)]
 
@@ -214,7 +296,5 @@ def banner(base: str, upstream_base: str, ids: DemoIds, issuer: DevIssuer, scena
         f"'{base}/Patient/{ids.patient}/$everything?_count=10'   (paging links are sealed to the token)",
         "Mint more tokens: fhirwall token --persona patient-app --patient <id> --issuer "
         f"{issuer.issuer} --audience {base}",
-        "",
-        "Press Ctrl-C to stop.",
     ]
     return "\n".join(lines)

@@ -9,10 +9,26 @@ CareTeam only. Each has a vital-sign Observation, a laboratory Observation and a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CARE_PATIENTS", "PRACTITIONERS", "STAFF_ROLE_SYSTEM", "departments_bundle"]
+import httpx
+
+from proxy.auth.dev_issuer import DevIssuer
+
+__all__ = [
+    "CARE_PATIENTS",
+    "HOSPITAL_POLICY",
+    "PRACTITIONERS",
+    "STAFF_ROLE_SYSTEM",
+    "DemoRequest",
+    "departments_bundle",
+    "hospital_requests",
+    "hospital_tokens",
+    "request_approval",
+]
 
 STAFF_ROLE_SYSTEM = "https://fhirwall.org/fhir/CodeSystem/demo-staff-role"
 _PRACTITIONER_ROLE = "http://terminology.hl7.org/CodeSystem/practitioner-role"
@@ -173,4 +189,147 @@ def _clinical(patient: str, now: datetime) -> list[dict[str, Any]]:
             "code": {"text": "Demo condition"},
             "subject": subject,
         },
+    ]
+
+
+HOSPITAL_POLICY = Path(__file__).resolve().parent.parent / "examples" / "access" / "hospital-policy.yaml"
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    """One printed request: who sends it (a token variable), what, and what it shows."""
+
+    method: str
+    url: str
+    token: str | None
+    expect: str
+    body: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def hospital_tokens(issuer: DevIssuer, base: str, lifetime: int) -> dict[str, str]:
+    """Token variable -> token for the scenario's staff (roles and wards come from PractitionerRoles)."""
+    staff = {
+        "DR_HEART_TOKEN": ("dr-heart", {}),
+        "DR_HEART_BTG_TOKEN": ("dr-heart", {"extensions": {"ihe_iua": {"purpose_of_use": ["BTG"]}}}),
+        "DR_ONCO_TOKEN": ("dr-onco", {}),
+        "LAB_TECH_TOKEN": ("lab-tech", {}),
+        "PRIVACY_OFFICER_TOKEN": ("privacy-officer", {}),
+    }
+    tokens = {
+        variable: issuer.mint(
+            {
+                "sub": f"user-{practitioner}",
+                "client_id": "ward-app",
+                "scope": "user/*.cruds",
+                "fhirUser": f"Practitioner/{practitioner}",
+                **extra,
+            },
+            audience=base,
+            lifetime=lifetime,
+        )
+        for variable, (practitioner, extra) in staff.items()
+    }
+    hr_claims = {"sub": "hr-system", "client_id": "hr-system", "scope": "system/Patient.r"}
+    tokens["HR_SYSTEM_TOKEN"] = issuer.mint(hr_claims, audience=base, lifetime=lifetime)
+    return tokens
+
+
+def request_approval(root: str, token: str) -> str:
+    """Create a pending break-glass approval request as dr-heart (the demo prints its id)."""
+    answer = httpx.post(
+        f"{root}/admin/approval-requests",
+        json={"rule": "break-glass", "reason": "unconscious patient from oncology arrives in the ER"},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["id"])
+
+
+def hospital_requests(root: str, approval: str) -> list[tuple[str, list[DemoRequest]]]:
+    """The scenario's printed requests, in sections, in the order they must be run."""
+    base = f"{root}/fhir"
+    approve = f"{root}/admin/approval-requests/{approval}/approve"
+    with_approval = (("X-Fhirwall-Approval", approval),)
+    revocation = '{"kind":"user","value":"user-lab-tech","reason":"left the laboratory"}'
+    return [
+        (
+            "Department isolation (patients in the department's care: Encounter, EpisodeOfCare or CareTeam):",
+            [
+                DemoRequest(
+                    "GET",
+                    f"{base}/Patient/pt-cardio-inpatient",
+                    "DR_HEART_TOKEN",
+                    "200: cardiology in-patient",
+                ),
+                DemoRequest(
+                    "GET", f"{base}/Patient/pt-onco-recent", "DR_HEART_TOKEN", "403: an oncology patient"
+                ),
+                DemoRequest(
+                    "GET", f"{base}/Patient/pt-onco-recent", "DR_ONCO_TOKEN", "200: discharged 5 days ago"
+                ),
+                DemoRequest(
+                    "GET",
+                    f"{base}/Observation?_count=20",
+                    "DR_HEART_TOKEN",
+                    "200: only cardiology's patients",
+                ),
+            ],
+        ),
+        (
+            "Operation limits (roles x resource types x operations, FHIRPath conditions):",
+            [
+                DemoRequest(
+                    "GET", f"{base}/Observation?_count=20", "LAB_TECH_TOKEN", "200: lab results only"
+                ),
+                DemoRequest("GET", f"{base}/Condition", "LAB_TECH_TOKEN", "403: no right on Condition"),
+                DemoRequest(
+                    "DELETE",
+                    f"{base}/Observation/obs-vitals-pt-cardio-inpatient",
+                    "DR_HEART_TOKEN",
+                    "403: no delete",
+                ),
+            ],
+        ),
+        (
+            f"Two-person review (break-glass outside the department; approval request {approval} waits):",
+            [
+                DemoRequest(
+                    "GET", f"{base}/Patient/pt-onco-recent", "DR_HEART_BTG_TOKEN", "403: approval required"
+                ),
+                DemoRequest("POST", approve, "DR_HEART_TOKEN", "403: self-approval is refused", "{}"),
+                DemoRequest(
+                    "POST", approve, "PRIVACY_OFFICER_TOKEN", "200: approved by a second person", "{}"
+                ),
+                DemoRequest(
+                    "GET",
+                    f"{base}/Patient/pt-onco-recent",
+                    "DR_HEART_BTG_TOKEN",
+                    "200: approved",
+                    None,
+                    with_approval,
+                ),
+                DemoRequest(
+                    "GET",
+                    f"{base}/Patient/pt-onco-recent",
+                    "DR_HEART_BTG_TOKEN",
+                    "403: used",
+                    None,
+                    with_approval,
+                ),
+            ],
+        ),
+        (
+            "Revocation (immediate; shared through Redis by every replica when redis.url is set):",
+            [
+                DemoRequest(
+                    "POST", f"{root}/admin/revocations", "HR_SYSTEM_TOKEN", "201: revoked", revocation
+                ),
+                DemoRequest("GET", f"{base}/Observation?_count=5", "LAB_TECH_TOKEN", "401: revoked"),
+                DemoRequest(
+                    "DELETE", f"{root}/admin/revocations/user/user-lab-tech", "HR_SYSTEM_TOKEN", "204: lifted"
+                ),
+            ],
+        ),
     ]

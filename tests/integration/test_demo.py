@@ -43,7 +43,7 @@ def run_printed_curl(command: str, tokens: dict[str, str]) -> int:
 
 
 def test_demo_starts_and_every_printed_request_behaves_as_printed(tmp_path: Path) -> None:
-    proxy_port, upstream_port = free_port(), free_port()
+    proxy_port, upstream_port, hospital_port = free_port(), free_port(), free_port()
     command = [
         sys.executable,
         "-m",
@@ -55,6 +55,8 @@ def test_demo_starts_and_every_printed_request_behaves_as_printed(tmp_path: Path
         str(upstream_port),
         "--patients",
         "2",
+        "--hospital-port",
+        str(hospital_port),
     ]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
@@ -63,9 +65,9 @@ def test_demo_starts_and_every_printed_request_behaves_as_printed(tmp_path: Path
         output = read_banner(process)
         assert "Press Ctrl-C" in output, output
         tokens = dict(re.findall(r"export (\w+)=(\S+)", output))
-        assert len(tokens) == 7
+        assert len(tokens) == 13
         checks = re.findall(r"# (\d{3}): .*\n\s+(curl .*)", output)
-        assert len(checks) == 17
+        assert len(checks) == 32
         for expected, curl in checks:
             assert run_printed_curl(curl, tokens) == int(expected), curl
         base = f"http://127.0.0.1:{proxy_port}/fhir"
