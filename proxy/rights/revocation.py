@@ -189,13 +189,16 @@ class RedisRevocationStore:
         return "0" if value is None else (value.decode() if isinstance(value, bytes) else str(value))
 
     async def changes(self) -> AsyncGenerator[None, None]:
-        """Follow the change channel (``RightsLookupError`` when the subscription is lost)."""
+        """Follow the change channel (``RightsLookupError`` when the subscription is lost).
+
+        Reads block without a timeout: a read with one can swallow the cancellation that stops the listener.
+        A connection that dies silently only delays revocations to the next ``refresh_if_due``."""
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(CHANNEL)
             yield
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if message is not None and message.get("type") == "message":
                     yield
         except (RedisError, OSError) as exc:
@@ -354,12 +357,10 @@ class RevocationList:
     async def refresh_if_due(self) -> None:
         """Reload when the last attempt is ``refresh_seconds`` old (callers do not queue behind a reload
         that is already running, unless nothing was ever loaded)."""
-        if self._lock.locked() and self._confirmed_at is not None:
-            return
-        if not self._due():
+        if self._confirmed_at is not None and (self._lock.locked() or not self._due()):
             return
         async with self._lock:
-            if self._due():
+            if self._confirmed_at is None or self._due():
                 await self._reload()
 
     async def refresh(self) -> None:
@@ -373,11 +374,15 @@ class RevocationList:
             self._listener = asyncio.create_task(self._listen(self.store))
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        """Stop the listener (cancelling again until it has ended)."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        while not listener.done():
+            listener.cancel()
+            await asyncio.wait({listener}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
 
     def _due(self) -> bool:
         return self._attempted_at is None or self._monotonic() - self._attempted_at >= self.refresh_seconds

@@ -219,6 +219,23 @@ def test_until_expiry_stops_applying(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_first_check_waits_for_a_load_in_progress(tmp_path: Path) -> None:
+    class SlowStore(FlakyStore):
+        async def version(self) -> str:
+            await asyncio.sleep(0.1)
+            return await super().version()
+
+    async def scenario() -> None:
+        revoked = RevocationList(SlowStore(FileRevocationStore(tmp_path / "r.jsonl")), 60.0)
+        loading = asyncio.create_task(revoked.refresh())  # e.g. the listener's first load
+        await asyncio.sleep(0.01)
+        await revoked.refresh_if_due()
+        revoked.check(principal())
+        await loading
+
+    run(scenario())
+
+
 def test_never_loaded_fails_closed(tmp_path: Path) -> None:
     revoked = RevocationList(FileRevocationStore(tmp_path / "r.jsonl"), 1.0)
     with pytest.raises(RightsLookupError):
