@@ -14,6 +14,7 @@ import orjson
 from proxy.auth.dev_issuer import PERSONAS, DevIssuer, load_or_create_key
 from proxy.cli_audit import add_audit_commands
 from proxy.cli_masking import add_masking_commands
+from proxy.cli_rights import add_rights_commands
 from proxy.cli_rights_review import add_review_commands
 from proxy.masking import MaskingPolicy
 from proxy.rights.model import access_policy_schema_text, policy_from_settings
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=_token)
     add_masking_commands(commands)
     add_audit_commands(commands)
+    add_rights_commands(commands)
     add_review_commands(commands)
     return parser
 
