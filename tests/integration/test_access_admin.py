@@ -82,6 +82,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     patch.setenv(AUDIT_KEY_ENV, "test-admin-audit-key")
     policy_data = yaml.safe_load(POLICY.read_text())
     policy_data["revocation"] = {"refresh_seconds": 0.5}
+    policy_data["sensitive"]["many-patients"]["patients_over"] = 3  # the scenario has four patients
     policy = folder / "policy.yaml"
     policy.write_text(yaml.safe_dump(policy_data))
     redis_server = RedisServer().start()
@@ -192,6 +193,20 @@ def test_two_person_review_of_break_glass(cluster: Cluster) -> None:
         f"approval {approval} used for break-glass".encode(),
     ):
         assert fact in logged, fact
+
+
+def test_an_answer_with_too_many_patients_needs_an_approval(cluster: Cluster) -> None:
+    with cluster.a.client("records-clerk") as clerk, cluster.b.client("privacy-officer") as officer:
+        assert clerk.get("/fhir/Patient", params={"_count": 3}).status_code == 200
+        refused = clerk.get("/fhir/Patient", params={"_count": 50})
+        assert refused.status_code == 403
+        assert "many-patients" in refused.json()["issue"][0]["diagnostics"]
+        assert "entry" not in refused.json()  # the answer is withheld
+        approval = request_approval(clerk, "many-patients")
+        assert officer.post(f"/admin/approval-requests/{approval}/approve").status_code == 200
+        answer = clerk.get("/fhir/Patient", params={"_count": 50}, headers={"x-fhirwall-approval": approval})
+        assert answer.status_code == 200
+        assert len(answer.json()["entry"]) >= 4
 
 
 def age_approval(server: RedisServer, approval: str) -> None:
