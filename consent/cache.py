@@ -163,10 +163,11 @@ class RedisConsentCache:
         self._task = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop following invalidations (cancelled until it ends: a Redis read may swallow one cancel)."""
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
 
     async def _listen(self) -> None:
         while True:
