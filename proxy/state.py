@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
 from consent.store import CachedConsentStore, FhirConsentStore
@@ -22,7 +23,7 @@ from proxy.fhir.urls import BaseUrlRewriter
 from proxy.masking import MaskingPolicy
 from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
-from proxy.policy.paging import PageSealer, load_paging_key
+from proxy.policy.paging import PageSealer, load_paging_key, shared_paging_key
 from proxy.reidentify import Reidentifier
 from proxy.rights.approvals import ApprovalStore, MemoryApprovalStore, RedisApprovalStore
 from proxy.rights.attributes import AttributeResolver
@@ -101,7 +102,7 @@ class ProxyState:
             )
         if settings.auth.enforced:
             trusted = dev_trusted_issuer(self.dev_issuer) if self.dev_issuer else None
-            self.authenticator = build_authenticator(settings.auth, self.http, trusted)
+            self.authenticator = build_authenticator(settings.auth, self.http, trusted, self.redis)
             self.discovery = SmartDiscovery(
                 settings.auth, self.http, self.dev_issuer.issuer if self.dev_issuer else None
             )
@@ -177,6 +178,13 @@ class ProxyState:
     async def open(self) -> None:
         """Open connection pools and subscriptions."""
         await self.router.start()
+        if self.redis is not None and self.settings.policy.paging_key_env is None:
+            try:
+                self.sealer.rekey(await shared_paging_key(self.redis))
+            except (RedisError, OSError, ValueError) as exc:
+                raise ConfigError(
+                    [("redis.url", f"the shared paging key could not be read: {exc}")]
+                ) from None
         if self.audit_delivery is not None:
             try:
                 await self.audit_delivery.start()

@@ -15,8 +15,9 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 import httpx
+import redis.asyncio as aioredis
 
-from proxy.auth.introspection import IntrospectionClient
+from proxy.auth.introspection import IntrospectionClient, SharedIntrospectionCache
 from proxy.auth.jwks import JwksCache
 from proxy.auth.jwt_verifier import TrustedIssuer, verify_jwt
 from proxy.auth.principal import Principal
@@ -129,9 +130,13 @@ class Authenticator:
 
 
 def build_authenticator(
-    settings: AuthSettings, client: httpx.AsyncClient, dev_issuer: TrustedIssuer | None
+    settings: AuthSettings,
+    client: httpx.AsyncClient,
+    dev_issuer: TrustedIssuer | None,
+    redis: aioredis.Redis | None = None,
 ) -> Authenticator:
-    """The authenticator for ``settings`` (JWKS caches share one HTTP client)."""
+    """The authenticator for ``settings`` (JWKS caches share one HTTP client; with ``redis``, introspection
+    answers are shared by the replicas)."""
     issuers = {
         item.issuer: TrustedIssuer(
             item.issuer,
@@ -150,7 +155,9 @@ def build_authenticator(
         issuers[dev_issuer.issuer] = dev_issuer
     introspection = None
     if settings.introspection is not None:
-        introspection = IntrospectionClient(settings.introspection, client, _secret(settings.introspection))
+        shared = SharedIntrospectionCache(redis) if redis is not None else None
+        secret = _secret(settings.introspection)
+        introspection = IntrospectionClient(settings.introspection, client, secret, shared)
     return Authenticator(settings, issuers, introspection)
 
 

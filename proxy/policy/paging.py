@@ -5,6 +5,10 @@ narrowed query). The proxy hands out ``<public base>/_page?token=...&rel=next`` 
 holds the upstream locations of all its links plus the principal's binding and an expiry, encrypted and
 authenticated with AES-GCM (one seal per response, not per link). A link replayed with another principal's
 token, edited, or expired is refused; its content is re-checked like any search result.
+
+Replicas must share the key for a link issued by one to work on another: ``policy.paging_key_env`` names it;
+without it, replicas on one Redis share a key the first of them generated (``shared_paging_key``), and a
+proxy without Redis uses a key of its own.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import time
 from dataclasses import dataclass
 
 import orjson
+import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.errors import ForbiddenError, InvalidRequestError
 
-__all__ = ["PageLocation", "PageSealer", "load_paging_key"]
+__all__ = ["SHARED_KEY", "PageLocation", "PageSealer", "load_paging_key", "shared_paging_key"]
 
+SHARED_KEY = "fhirwall:paging-key"
 _AAD = b"fhirwall-page-v1"
 PAGE_LIFETIME_SECONDS = 3600
 
@@ -41,6 +47,10 @@ class PageSealer:
     """Seals and opens page tokens with one AES-256-GCM key."""
 
     def __init__(self, key: bytes) -> None:
+        self.rekey(key)
+
+    def rekey(self, key: bytes) -> None:
+        """Seal and open with ``key`` from now on (the replicas' shared key, once it is known)."""
         if len(key) != 32:
             raise ValueError("the paging key must be 32 bytes")
         self._aead = AESGCM(key)
@@ -75,6 +85,15 @@ class PageSealer:
         if time.time() > expires:
             raise InvalidRequestError("the paging link has expired: repeat the search")
         return PageLocation(upstream, paths, resource_type, bound_to, bool(exact))
+
+
+async def shared_paging_key(redis: aioredis.Redis) -> bytes:
+    """The key every replica uses when none is configured: made by the first replica, kept in Redis."""
+    await redis.set(SHARED_KEY, os.urandom(32), nx=True)
+    key = await redis.get(SHARED_KEY)
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise ValueError(f"{SHARED_KEY} in Redis does not hold a 32-byte key")
+    return key
 
 
 def load_paging_key(env: str | None) -> bytes:
