@@ -53,9 +53,10 @@ def secured_replicas(
     upstream: SeededUpstream, run_proxy: Callable[..., RunningProxy], folder: Path, **overrides: Any
 ) -> tuple[list[RunningProxy], DevIssuer]:
     key_file = folder / "issuer.pem"
-    dev = {"enabled": True, "key_file": str(key_file), "issuer": "https://fhir.hospital.test/_dev"}
+    issuer_url = "https://fhir.hospital.test/_dev"
+    dev = {"enabled": True, "key_file": str(key_file), "issuer": issuer_url}
     deployment = replicas(upstream, run_proxy, 2, **{"auth.dev_issuer": dev, **overrides})
-    return deployment, DevIssuer(load_or_create_key(key_file), dev["issuer"])
+    return deployment, DevIssuer(load_or_create_key(key_file), issuer_url)
 
 
 def test_paging_links_work_on_every_replica(
