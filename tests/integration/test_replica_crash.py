@@ -37,9 +37,9 @@ class Replica:
         path.write_text(yaml.safe_dump(config))
         env = {**os.environ, AUDIT_KEY_ENV: "crash-test-checkpoint-key"}
         command = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)]
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.output = folder / f"output-{self.port}.txt"
+        with self.output.open("wb") as output:
+            self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         self.answered: list[str] = []
         self._wait_ready()
 
