@@ -18,7 +18,7 @@ import orjson
 from proxy.fhir.compartment import patient_references
 from proxy.fhir.slim import decode_slim_entries, slim_mapping
 
-__all__ = ["FilterResult", "filter_bundle", "patients_of_entries"]
+__all__ = ["FilterResult", "entry_count", "filter_bundle", "patients_of_entries"]
 
 _RAW_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
@@ -127,6 +127,12 @@ def _check_entry(
     ):
         return raw_entry, 0, False
     return None, 1, False
+
+
+def entry_count(body: bytes) -> int:
+    """How many entries a Bundle has (the entries are not decoded)."""
+    entries = _RAW_OBJECT.decode(body).get("entry")
+    return 0 if entries is None else len(_RAW_LIST.decode(entries))
 
 
 def patients_of_entries(body: bytes) -> set[str]:

@@ -15,11 +15,13 @@ from typing import Any, Protocol
 
 from consent.purpose import BREAK_GLASS_CODES
 from proxy.auth.principal import Principal
+from proxy.policy.filtering import entry_count, patients_of_entries
 from proxy.rights.errors import ApprovalRequiredError
 from proxy.rights.model import AccessPolicy
 
 __all__ = [
     "ApprovalUser",
+    "answer_rules",
     "counts_patients",
     "lifts_isolation",
     "patient_rules",
@@ -70,6 +72,19 @@ def patient_rules(policy: AccessPolicy, roles: Iterable[str], patients: int) -> 
 def counts_patients(policy: AccessPolicy, roles: Iterable[str]) -> bool:
     """Whether answers must be counted for patients (a patients_over rule applies to the caller)."""
     return bool(patient_rules(policy, roles, 2**62))
+
+
+def answer_rules(policy: AccessPolicy, roles: Iterable[str], body: bytes) -> list[str]:
+    """The rules a Bundle answer sets off by the number of patients it carries. A Bundle with no nested
+    Bundle and no more entries than the lowest threshold cannot exceed it, so it is not counted."""
+    held = list(roles)
+    if not counts_patients(policy, held):
+        return []
+    if body.count(b'"Bundle"') == 1:  # only the outer Bundle: each entry holds at most one resource
+        lowest = min(r.patients_over for r in policy.sensitive.values() if r.patients_over is not None)
+        if entry_count(body) <= lowest:
+            return []
+    return patient_rules(policy, held, len(patients_of_entries(body)))
 
 
 async def use_approvals(
