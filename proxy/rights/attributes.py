@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from consent.dates import FhirDateError, parse_period
 from proxy.auth.principal import Principal, claim_at, string_list
 from proxy.errors import ProxyError
 from proxy.rights.errors import RightsLookupError
@@ -142,7 +143,7 @@ class AttributeResolver:
 
     def _summarise(self, resources: Iterable[dict[str, Any]], fhir_user: str) -> _Looked:
         codes = self.policy.assignments.practitioner_role_codes
-        now = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC)
         roles: set[str] = set()
         organizations: set[str] = set()
         locations: set[str] = set()
@@ -169,26 +170,20 @@ class AttributeResolver:
         )
 
 
-def _current(resource: dict[str, Any], fhir_user: str, now: str) -> bool:
-    """An active PractitionerRole of this practitioner, in its period (the server's search is checked)."""
+def _current(resource: dict[str, Any], fhir_user: str, now: datetime) -> bool:
+    """An active PractitionerRole of this practitioner, in its period (the server's search is checked; an
+    unreadable period grants nothing)."""
     if not isinstance(resource.get("id"), str) or resource.get("active") is False:
         return False
     practitioner = resource.get("practitioner")
     if not isinstance(practitioner, dict) or practitioner.get("reference") != fhir_user:
         return False
-    period = resource.get("period")
-    if isinstance(period, dict):
-        start, end = period.get("start"), period.get("end")
-        if isinstance(start, str) and start[: len(now)] > now:
-            return False
-        if isinstance(end, str) and _end_passed(end, now):
-            return False
-    return True
-
-
-def _end_passed(end: str, now: str) -> bool:
-    """Has a FHIR dateTime (possibly partial: ``2026``, ``2026-11``, ``2026-11-30``) ended before ``now``?"""
-    return end < now[: len(end)] if len(end) <= 10 else end < now
+    if "period" not in resource:
+        return True
+    try:
+        return parse_period(resource["period"]).contains(now)
+    except FhirDateError:
+        return False
 
 
 def _mapped(coding: Any, codes: dict[str, str]) -> str | None:

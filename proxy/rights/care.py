@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from consent.dates import FhirDateError, instant_range
 from proxy.errors import ProxyError
 from proxy.fhir.compartment import patient_id_of_reference
 from proxy.fhir.urls import rebase_url
@@ -243,17 +244,9 @@ def _list(value: Any) -> list[Any]:
 
 
 def _epoch(text: str) -> float | None:
-    """A FHIR date/dateTime as epoch seconds (the end of a partial date's span); None if unreadable."""
+    """The end of the span a FHIR date/dateTime stands for, as epoch seconds; None if it is not one."""
     try:
-        if len(text) == 4:
-            return datetime(int(text) + 1, 1, 1, tzinfo=UTC).timestamp() - 1
-        if len(text) == 7:
-            year, month = int(text[:4]), int(text[5:7])
-            nxt = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-            return nxt.timestamp() - 1
-        if len(text) == 10:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() + 86_399
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    except ValueError:
+        end = instant_range(text).end
+    except FhirDateError:
         return None
+    return end.timestamp() if end is not None else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -91,3 +91,11 @@ def test_partial_dates_count_to_the_end_of_their_span() -> None:
     this_year = str(NOW.year)
     facts = facts_from_resources([encounter("finished", end=None, period={"end": this_year})], "p1", 0)
     assert facts.relates([ORG], time.time())
+
+
+def test_offsets_and_unreadable_dates() -> None:
+    end = (NOW - 10 * DAY).astimezone(timezone(timedelta(hours=8))).isoformat()  # same instant, +08:00
+    facts = facts_from_resources([encounter("finished", period={"end": end})], "p1", recent_days=30)
+    assert facts.relates([ORG], time.time())
+    unreadable = facts_from_resources([encounter("finished", period={"end": "yesterday"})], "p1", 30)
+    assert not unreadable.relates([ORG], time.time())
