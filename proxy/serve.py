@@ -1,21 +1,27 @@
 """Serving the proxy with uvicorn (uvloop + httptools), optional TLS 1.2+, several workers, graceful drain.
 
+Certificate, key and client CA files are watched and reloaded for new connections without a restart.
+
 uvicorn was chosen by measurement over granian for this workload (see the README's performance section).
 Worker processes rebuild the application from the validated settings passed in ``FHIRWALL__SETTINGS_JSON``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.config import create_ssl_context
 
 from proxy.app import create_app
-from proxy.settings import Settings
+from proxy.settings import ServerTlsSettings, Settings
+from proxy.tls_reload import ReloadingContext, serving_context, start_watching
 
 __all__ = ["SETTINGS_ENV", "app_from_environment", "run_server", "uvicorn_config"]
 
@@ -26,14 +32,38 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class TlsConfig(uvicorn.Config):
-    """uvicorn configuration that pins the lowest TLS version after uvicorn builds its SSL context."""
+    """uvicorn configuration whose SSL context pins the lowest TLS version and follows certificate changes.
+
+    ``load`` runs in each serving process (every worker) inside its event loop, so each one watches the
+    files for its own context.
+    """
 
     min_tls_version: str = "1.2"
+    tls_files: tuple[Path, ...] = ()
+    tls_reload_seconds: float = 0.0
+    tls_reloading: ReloadingContext | None = None
+    tls_watcher: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         super().load()
-        if self.ssl is not None:
-            self.ssl.minimum_version = _TLS_VERSIONS[self.min_tls_version]
+        if self.ssl is not None:  # replaced by a context rebuilt from the same options when files change
+            self.tls_reloading = ReloadingContext("inbound TLS", self._build_ssl, self.tls_files)
+            self.ssl = serving_context(self.tls_reloading)
+            self.tls_watcher = start_watching(self.tls_reloading, self.tls_reload_seconds)
+
+    def _build_ssl(self) -> ssl.SSLContext:
+        assert self.ssl_certfile is not None
+        context = create_ssl_context(
+            certfile=self.ssl_certfile,
+            keyfile=self.ssl_keyfile,
+            password=self.ssl_keyfile_password,
+            ssl_version=self.ssl_version,
+            cert_reqs=self.ssl_cert_reqs,
+            ca_certs=self.ssl_ca_certs,
+            ciphers=self.ssl_ciphers,
+        )
+        context.minimum_version = _TLS_VERSIONS[self.min_tls_version]
+        return context
 
 
 def app_from_environment() -> Starlette:
@@ -71,8 +101,15 @@ def uvicorn_config(settings: Settings, app: Any | None = None) -> uvicorn.Config
         )
     else:
         config = TlsConfig(app if app is not None else create_app(settings), **options)
-    config.min_tls_version = server.tls.min_version if server.tls is not None else "1.2"
+    if server.tls is not None:
+        _watch_tls_files(config, server.tls)
     return config
+
+
+def _watch_tls_files(config: TlsConfig, tls: ServerTlsSettings) -> None:
+    config.min_tls_version = tls.min_version
+    config.tls_files = tuple(path for path in (tls.cert_file, tls.key_file, tls.client_ca_file) if path)
+    config.tls_reload_seconds = tls.reload_seconds
 
 
 def run_server(settings: Settings) -> None:

@@ -86,6 +86,12 @@ class ServerTlsSettings(_Model):
     client_ca_file: Path | None = Field(
         None, description="CA bundle; when set, clients must present a certificate."
     )
+    reload_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between checks of these files; changed files serve new connections without a "
+        "restart (unusable ones are logged and the previous ones kept). 0 turns reloading off.",
+    )
 
     _files = field_validator("cert_file", "key_file", "client_ca_file")(_existing_file)
 
@@ -198,6 +204,12 @@ class UpstreamTlsSettings(_Model):
     cert_file: Path | None = Field(None, description="Client certificate (mTLS).")
     key_file: Path | None = Field(None, description="Client certificate key (mTLS).")
     verify: bool = Field(True, description="Verify the upstream certificate (never disable in production).")
+    reload_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Upstreams: seconds between checks of these files; changed files apply to new "
+        "connections without a restart (unusable ones are logged and the previous ones kept). 0: off.",
+    )
 
     _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
 

@@ -88,3 +88,30 @@ def make_tls_files(directory: Path) -> TlsFiles:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key_path, key)
     return files
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A test CA whose key stays in memory, so certificates can be issued under it later (rotation)."""
+
+    cert_file: Path
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    def issue(self, cert_path: Path, key_path: Path, subject: str, *, server: bool) -> x509.Certificate:
+        """Write a new certificate and its key; server certificates are for 127.0.0.1 and localhost."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(subject, key, self.certificate.subject, self.key, server=server)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key_path, key)
+        return cert
+
+
+def make_authority(directory: Path, name: str = "fhirwall test CA") -> CertificateAuthority:
+    """Create a CA and write its certificate to ``directory``/ca.pem."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(name, key, _name(name), key, ca=True)
+    path = directory / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return CertificateAuthority(path, cert, key)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ssl
 
 from proxy.settings import UpstreamTlsSettings
+from proxy.tls_reload import ReloadingContext
 
-__all__ = ["client_ssl_context", "token_endpoint_verify"]
+__all__ = ["client_ssl_context", "reloading_client_context", "token_endpoint_verify"]
 
 
 def client_ssl_context(tls: UpstreamTlsSettings) -> ssl.SSLContext:
@@ -20,6 +21,12 @@ def client_ssl_context(tls: UpstreamTlsSettings) -> ssl.SSLContext:
     if tls.cert_file and tls.key_file:
         context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     return context
+
+
+def reloading_client_context(tls: UpstreamTlsSettings, name: str) -> ReloadingContext:
+    """``client_ssl_context`` rebuilt whenever the CA bundle, certificate or key file changes."""
+    files = [path for path in (tls.ca_file, tls.cert_file, tls.key_file) if path is not None]
+    return ReloadingContext(f"upstream {name} TLS", lambda: client_ssl_context(tls), files)
 
 
 def token_endpoint_verify(tls: UpstreamTlsSettings) -> ssl.SSLContext | bool:
