@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> Starlette:
         state.audit,
         state.audit_delivery,
         state.rights,
+        limiter=state.limiter,
     )
 
     @asynccontextmanager

@@ -19,6 +19,7 @@ enter (``raise UpstreamTimeoutError(...) from exc``), never passed through.
     ├── NotAcceptableError           406 not-supported
     ├── PayloadTooLargeError         413 too-costly
     ├── UnsupportedMediaTypeError    415 not-supported
+    ├── TooManyRequestsError         429 throttled  (Retry-After: seconds; a rate limit or quota is spent)
     ├── NotSupportedError            501 not-supported
     └── UpstreamError                502 exception
         ├── InvalidUpstreamResponseError 502 exception
@@ -53,6 +54,7 @@ __all__ = [
     "NotSupportedError",
     "PayloadTooLargeError",
     "ProxyError",
+    "TooManyRequestsError",
     "UnknownResourceTypeError",
     "UnsupportedMediaTypeError",
     "UpstreamError",
@@ -176,6 +178,19 @@ class UnsupportedMediaTypeError(ProxyError):
     status_code = 415
     issue_code = "not-supported"
     default_message = "unsupported Content-Type: send application/fhir+json"
+
+
+class TooManyRequestsError(ProxyError):
+    """A rate limit or quota is spent (RFC 6585); ``Retry-After`` says how many seconds to wait."""
+
+    status_code = 429
+    issue_code = "throttled"
+    default_message = "too many requests: a rate limit of this proxy is spent"
+
+    def __init__(
+        self, message: str | None = None, *, retry_after: int, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after), **(headers or {})})
 
 
 class NotSupportedError(ProxyError):

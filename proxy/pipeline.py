@@ -63,6 +63,7 @@ from proxy.fhir.media import (
 from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query
 from proxy.fhir.urls import BaseUrlRewriter, to_upstream
 from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
+from proxy.limits import RateLimiter, client_address
 from proxy.masking import MaskingPolicy
 from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
@@ -111,6 +112,7 @@ class FhirEndpoint:
         audit: AuditTrail | None = None,
         delivery: AuditDelivery | None = None,
         rights: RightsGate | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -124,6 +126,7 @@ class FhirEndpoint:
         self.audit = audit
         self.delivery = delivery
         self.rights = rights
+        self.limiter = limiter
         self._base_path = settings.server.base_path
         self._trusted = settings.server.trusted_networks()
         self._limits = settings.limits
@@ -235,10 +238,13 @@ class FhirEndpoint:
             call.view = AccessView(principal, self.settings.policy)
             if record is not None:
                 describe_principal(record, principal)
+            await self._limit(scope, call, principal)
             if not is_reidentify(call.request):
                 check_operation_allowed(call.view, call.request)
             if self.rights is not None:
                 await self._open_rights(call, principal)
+        else:
+            await self._limit(scope, call, None)
         if is_reidentify(call.request):
             return await self._reidentify(call, receive)
         await self._read_body(call, receive)
@@ -257,6 +263,12 @@ class FhirEndpoint:
         if call.raw_response or call.raw_body is not None:
             return await self._forward_raw(call, upstream)
         return await self._forward_json(call, upstream)
+
+    async def _limit(self, scope: Scope, call: ProxyCall, principal: Principal | None) -> None:
+        """Rate limits and quotas (429 when spent), charged before the body is read or anything forwarded."""
+        if self.limiter is not None:
+            address = client_address(scope, call.headers, self._trusted)
+            await self.limiter.admit(call.request, principal, address)
 
     # -- request side -------------------------------------------------------------------------------------
 

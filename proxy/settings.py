@@ -35,6 +35,9 @@ __all__ = [
     "MaskingSelection",
     "MaskingSettings",
     "PolicySettings",
+    "RateLimitQuota",
+    "RateLimitRule",
+    "RateLimitSettings",
     "RedisSettings",
     "ServerSettings",
     "ServerTlsSettings",
@@ -716,6 +719,93 @@ class AccessSettings(_Model):
         return self.policy_file is not None
 
 
+RateLimitInteraction = Literal[
+    "read", "vread", "search", "history", "create", "update", "patch", "delete", "batch", "operation"
+]
+
+
+class RateLimitQuota(_Model):
+    """A fixed-window request count per key: stops bulk scraping over hours or days."""
+
+    requests: int = Field(ge=1, description="Requests allowed per window (each counts 1, whatever its cost).")
+    per_seconds: int = Field(
+        ge=1,
+        le=31 * 86_400,
+        description="Window length in seconds: 3600 hourly, 86400 daily. Windows are aligned to the Unix "
+        "epoch (a daily window starts at 00:00 UTC) and the count starts again at zero in each one.",
+    )
+
+
+class RateLimitRule(_Model):
+    """One token bucket per key (and optionally a quota); every rule matching a request is charged."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Short unique name, used in answers, logs and keys."
+    )
+    per: Literal["client", "user", "client+user", "address"] = Field(
+        description="Whose bucket: the token's client_id, its user (fhirUser, else sub), both together, or "
+        "the client's address (for unauthenticated traffic; X-Forwarded-For only from trusted proxies). A "
+        "token without that identity shares one bucket with the other tokens without it."
+    )
+    rate: float = Field(gt=0, description="Tokens added per second: the sustained request rate.")
+    burst: int = Field(ge=1, description="Bucket size: the most tokens available at once (full at first).")
+    cost: int = Field(1, ge=1, description="Tokens one matching request takes (e.g. more for searches).")
+    client_id: list[str] | None = Field(None, description="Only requests of these client_ids match.")
+    interaction: list[RateLimitInteraction] | None = Field(
+        None,
+        description="Only these interactions match (search includes paging links and POST _search; "
+        "history includes system, type and instance history; batch includes transaction).",
+    )
+    resource_type: list[str] | None = Field(
+        None,
+        description="Only requests for these types match; requests whose type the URL does not name "
+        "(system searches and history, batches, paging links) match too.",
+    )
+    quota: RateLimitQuota | None = Field(None, description="Also allow at most N requests per window.")
+
+    @field_validator("resource_type")
+    @classmethod
+    def _check_types(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [item for item in value or () if item not in R4_RESOURCE_TYPES]
+        if unknown:
+            raise ValueError(f"unknown R4 resource types: {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cost_fits(self) -> RateLimitRule:
+        if self.cost > self.burst:
+            raise ValueError("cost must not exceed burst (such a request could never be served)")
+        return self
+
+
+class RateLimitSettings(_Model):
+    """Rate limits and quotas per client, user or address (token buckets; shared through Redis if set)."""
+
+    enabled: bool = Field(
+        False, description="Charge every FHIR request to the buckets of the rules it matches."
+    )
+    rules: list[RateLimitRule] = Field(
+        default_factory=list,
+        description="Every matching rule applies: a request is served only if each has enough tokens (and "
+        "quota left), and then takes from each; otherwise 429 with Retry-After and nothing is taken.",
+    )
+    on_backend_failure: Literal["refuse", "allow"] = Field(
+        "refuse",
+        description="When Redis cannot be reached: refuse the request (503, the default) or serve it "
+        "unlimited. Without redis.url the buckets are in memory, per worker process.",
+    )
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> RateLimitSettings:
+        names = [rule.name for rule in self.rules]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"rule names must be unique: {', '.join(twice)}")
+        if self.enabled and not self.rules:
+            raise ValueError("rate_limits.enabled needs at least one rule")
+        return self
+
+
 class RedisSettings(_Model):
     """Shared state for several replicas (optional)."""
 
@@ -744,6 +834,9 @@ class Settings(_Model):
     masking: MaskingSettings = Field(default_factory=MaskingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    rate_limits: RateLimitSettings = Field(
+        default_factory=RateLimitSettings, description="Rate limits and quotas per client, user or address."
+    )
 
     @model_validator(mode="after")
     def _check_access(self) -> Settings:
@@ -810,6 +903,19 @@ class Settings(_Model):
                 claimed[resource_type] = upstream.name
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _check_rate_limits(self) -> Settings:
+        if not self.rate_limits.enabled or self.auth.enforced:
+            return self
+        for index, rule in enumerate(self.rate_limits.rules):
+            if rule.per != "address" or rule.client_id:
+                what = "a client_id condition" if rule.per == "address" else f"per: {rule.per}"
+                raise ValueError(
+                    f"rate_limits.rules.{index}: {what} needs authentication (without it, rules apply "
+                    "per: address only)"
+                )
         return self
 
 

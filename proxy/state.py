@@ -20,6 +20,7 @@ from proxy.auth.authenticator import Authenticator, build_authenticator
 from proxy.auth.dev_issuer import DevIssuer, dev_trusted_issuer, load_or_create_key
 from proxy.auth.discovery import SmartDiscovery
 from proxy.fhir.urls import BaseUrlRewriter
+from proxy.limits import RateLimiter, build_limiter
 from proxy.masking import MaskingPolicy
 from proxy.policy.actors import ActorResolver
 from proxy.policy.consent_gate import ConsentGate
@@ -70,6 +71,7 @@ class ProxyState:
     audit: AuditTrail | None = field(init=False, default=None)
     audit_delivery: AuditDelivery | None = field(init=False, default=None)
     rights: RightsGate | None = field(init=False, default=None)
+    limiter: RateLimiter | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -93,6 +95,8 @@ class ProxyState:
             self._build_consent_gate()
         if settings.access.policy_file is not None:
             self._build_rights(settings.access.policy_file)
+        if settings.rate_limits.enabled:
+            self.limiter = build_limiter(settings, self.redis)
         if settings.auth.dev_issuer.enabled:
             key = load_or_create_key(settings.auth.dev_issuer.key_file)
             self.dev_issuer = DevIssuer(key, dev_issuer_url(settings))
