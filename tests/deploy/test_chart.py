@@ -142,7 +142,7 @@ PASS_THROUGH = {
     ".topologySpreadConstraints[items]",
     ".maskingProfiles[additionalProperties]",
     *(f".config.{section}" for section in ("server", "limits", "redis", "auth", "policy", "consent")),
-    *(f".config.{section}" for section in ("masking", "audit", "access")),
+    *(f".config.{section}" for section in ("masking", "audit", "access", "rate_limits")),
     ".accessPolicy",
 }
 
