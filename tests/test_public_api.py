@@ -13,6 +13,8 @@ PACKAGES = [
     "proxy.policy",
     "proxy.upstream",
     "proxy.audit",
+    "proxy.rights",
+    "proxy.limits",
     "consent",
     "masking",
 ]

@@ -317,5 +317,12 @@ def test_wheel_from_the_build_context_carries_the_package_data(
         assert required in names, required
     missing = _package_data_files() - names
     assert missing == set()
+    modules = {
+        path.relative_to(REPO_ROOT).as_posix()
+        for package in ("proxy", "consent", "masking")
+        for path in (REPO_ROOT / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert modules - names == set()  # every module ships (a folder without __init__.py would not)
     assert not any(name.startswith(("tests/", "charts/", "examples/")) for name in names)
     assert "fhirwall = proxy.cli:main" in entry_points
