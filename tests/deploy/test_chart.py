@@ -336,6 +336,9 @@ def test_required_values_fail_the_render(chart: helm.Chart) -> None:
     audit_without_key = merged(MINIMAL, {"auditLog": {"enabled": True}})
     with pytest.raises(helm.HelmError, match=r"auditLog\.keySecret\.name is required"):
         chart.render(audit_without_key, name=RELEASE, namespace=NAMESPACE)
+    policy_without_redis = merged(MINIMAL, {"accessPolicy": {"roles": {"clinician": {}}}})
+    with pytest.raises(helm.HelmError, match=r"accessPolicy needs Redis"):
+        chart.render(policy_without_redis, name=RELEASE, namespace=NAMESPACE)
 
 
 # ---------------------------------------------------------------------------------------------------------

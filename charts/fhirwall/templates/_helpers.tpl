@@ -127,6 +127,9 @@ Paths here must match the volume mounts in deployment.yaml.
 {{- $_ := set $config "masking" $masking }}
 {{- end }}
 {{- if .Values.accessPolicy }}
+{{- if not (or .Values.redis.url .Values.redis.existingSecret) }}
+{{- fail "accessPolicy needs Redis (redis.url or redis.existingSecret): revocations and approvals are shared by the replicas" }}
+{{- end }}
 {{- $access := deepCopy ($config.access | default dict) }}
 {{- $_ := set $access "policy_file" "/etc/fhirwall/access-policy/access-policy.yaml" }}
 {{- $_ := set $config "access" $access }}
