@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 import masking.methods  # noqa: F401  (registers the built-in methods)
+from masking.bundles import mask_bundle
 from masking.cache import MaskCache
 from masking.engine import MaskingError, MaskStats, Walker
 from masking.keys import resolve_keys
@@ -33,7 +34,10 @@ from masking.plan import CompiledRule, Planner
 from masking.profile import Profile, ProfileError
 from masking.selectors import FastSelector, FhirPathSelector, SelectorError, parse_selector
 
-__all__ = ["CompiledProfile", "compile_profile"]
+__all__ = ["DEFAULT_CACHE_BYTES", "CompiledProfile", "compile_profile"]
+
+DEFAULT_CACHE_BYTES = 32 * 2**20
+"""Bytes of masked results a profile keeps by default (``enable_cache``)."""
 
 _KEY_ID = re.compile(r"^[a-z0-9]{1,8}$")
 Problems = list[tuple[str, str]]
@@ -60,6 +64,8 @@ class CompiledProfile:
         ]
         fast = [sel if isinstance(sel, FastSelector) else None for sel in selectors]
         walk_all = frozenset(sel.resource_type for _, sel in self._fhirpath)
+        # FHIRPath marks are found over the whole Bundle: such profiles mask Bundles as one document
+        self._split_bundles = not any(sel.applies_to("Bundle") for _, sel in self._fhirpath)
         self._walker = Walker(
             Planner(rules, fast, walk_all),
             native=profile.mode == "native",
@@ -75,25 +81,33 @@ class CompiledProfile:
         """Whether masking the same resource twice gives the same result (so results may be cached)."""
         return all(is_deterministic(rule.method) for rule in self.rules)
 
-    def enable_cache(self, max_entries: int) -> bool:
-        """Reuse masked results of resources seen before (``mask_json``), if the profile is deterministic;
-        returns whether the cache is on."""
-        self._cache = MaskCache(max_entries) if self.deterministic and max_entries > 0 else None
+    def enable_cache(self, max_entries: int, max_bytes: int = DEFAULT_CACHE_BYTES) -> bool:
+        """Reuse masked results of resources and Bundle entry arrays seen before (``mask_json``), if the
+        profile is deterministic, keeping at most ``max_entries`` results and ``max_bytes`` bytes; returns
+        whether the cache is on."""
+        on = self.deterministic and max_entries > 0 and max_bytes > 0
+        self._cache = MaskCache(max_entries, max_bytes) if on else None
         return self._cache is not None
 
     def mask_json(self, body: bytes, *, stats: MaskStats | None = None, today: date | None = None) -> bytes:
         """Mask a serialized resource (or Bundle) and serialize the result, through the cache when on.
 
         Raises ``MaskingError``; a resource the profile drops (``processing_errors: skip``) is an error here.
+        With the cache on, a Bundle's entry array is looked up by its bytes (``masking.bundles``).
         """
+        own = stats if stats is not None else MaskStats()
+        day = today or date.today()
+        if self._cache is not None and self._split_bundles:
+            masked_bundle = mask_bundle(self._walker, body, own, day, None, self._cache)
+            if masked_bundle is not None:
+                return masked_bundle
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise MaskingError("the answer is not JSON") from None
         if not isinstance(document, dict):
             raise MaskingError("the answer is not a JSON object")
-        own = stats if stats is not None else MaskStats()
-        masked = self._walker.mask(document, own, today=today, cache=self._cache)
+        masked = self._walker.mask(document, own, today=day, cache=self._cache)
         if masked is None:
             raise MaskingError("the resource could not be masked")
         return orjson.dumps(masked)

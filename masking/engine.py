@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from masking import fhir_types
-from masking.cache import CachedMask, MaskCache
+from masking.cache import ENTRY_OVERHEAD, CachedMask, MaskCache
 from masking.labels import add_security_labels
 from masking.locations import Mark
 from masking.methods.base import KEEP, REMOVE, Leaf, MaskContext, Relabelled
@@ -115,6 +115,54 @@ class Walker:
         kept = self._resource(resource, None, {}, stats, scope_key, day, cache)
         return resource if kept else None
 
+    def bundle_patients(self, entries: list[Any]) -> dict[str, str]:
+        """``fullUrl`` -> patient id for the Patient entries of a Bundle's ``entry`` array."""
+        return _bundle_patients({"entry": entries}, self._patient_of)
+
+    def bundle_context(
+        self, shell: dict[str, Any], patients: Mapping[str, str], scope_key: str | None, today: date
+    ) -> MaskContext:
+        """The context a top-level Bundle's own elements are masked with (``shell``: the Bundle without its
+        entries; Bundles are in no patient compartment, so the entries do not change it)."""
+        return self._context(shell, "Bundle", None, patients, scope_key, today)
+
+    def mask_entries(
+        self,
+        entries: list[Any],
+        context: MaskContext,
+        patients: Mapping[str, str],
+        stats: MaskStats,
+        cache: MaskCache | None,
+    ) -> tuple[Any, bool, frozenset[str]]:
+        """Mask a top-level Bundle's ``entry`` array as the walk of the whole Bundle does (each entry's
+        resource on its own); returns the masked array (``REMOVE`` when it went), whether the Bundle's own
+        elements in it changed, and the labels that implies for the Bundle. Raises on any failure."""
+        part = {"entry": entries}
+        run = _Run(context, None, patients, stats, cache)
+        self._object(part, self._root("Bundle"), run)
+        return part.get("entry", REMOVE), run.changed, frozenset(run.labels)
+
+    def mask_shell(
+        self,
+        shell: dict[str, Any],
+        context: MaskContext,
+        patients: Mapping[str, str],
+        stats: MaskStats,
+        cache: MaskCache | None,
+        *,
+        changed: bool,
+        labels: frozenset[str],
+    ) -> None:
+        """Mask a top-level Bundle's other elements in place (``entry``, if there, holds an empty list),
+        given what masking its entries did; labels the Bundle when anything changed. Raises on any failure."""
+        stats.resources += 1
+        run = _Run(context, None, patients, stats, cache)
+        run.changed = changed
+        run.labels |= labels
+        self._object(shell, self._root("Bundle"), run)
+        if run.changed:
+            self._finish(shell, run)
+
     def _cached(
         self,
         resource: dict[str, Any],
@@ -134,7 +182,8 @@ class Walker:
             if not self._resource(resource, None, patients, own, scope_key, today, cache):
                 stats.merge(own)
                 return None
-            hit = CachedMask(orjson.Fragment(orjson.dumps(resource)), own)
+            text = orjson.dumps(resource)
+            hit = CachedMask(orjson.Fragment(text), own, len(text) + ENTRY_OVERHEAD)
             cache.put(key, hit)
         stats.merge(hit.stats)
         return hit.fragment

@@ -63,7 +63,7 @@ class MaskingPolicy:
                 compiled[name] = compile_profile(profile, keys, environ=environ, source=where)
                 if warm:
                     compiled[name].warm()
-                compiled[name].enable_cache(settings.cache_entries)
+                compiled[name].enable_cache(settings.cache_entries, settings.cache_bytes)
             except ProfileError as error:
                 problems += [
                     (f"{where}: {path}" if path != "(file)" else where, msg) for path, msg in error.problems

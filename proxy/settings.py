@@ -520,6 +520,13 @@ class MaskingSettings(_Model):
         description="Masked resources kept per profile for reuse, by content digest (0: off; "
         "profiles with random methods are never cached).",
     )
+    cache_bytes: int = Field(
+        32 * 2**20,
+        ge=0,
+        le=2**40,
+        description="Bytes the masking cache keeps per profile (masked resources, and Bundle entry arrays "
+        "with the bytes they were masked from); least recently used first out (0: off).",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -4,7 +4,7 @@ One command, one run (under a minute on two cores)::
 
     .venv/bin/python tests/bench/masking_bench.py [--data DIR] [--runs 3] [--json out.json]
 
-Three measurements, printed as a table with the targets marked PASS/MISS (printed, never asserted):
+Four measurements, printed as a table with the targets marked PASS/MISS (printed, never asserted):
 
 a. **engine**: ``CompiledProfile.mask`` over every Synthea transaction Bundle in the data folder
    (``$FHIRWALL_SYNTHEA_DIR``, else the bundles in ``examples/data/synthea-r4``; ``*.json`` and
@@ -20,6 +20,12 @@ c. **peak RSS**: ``fhirwall mask`` as a subprocess on that NDJSON (1x) and on it
    ids and ``urn:uuid`` references varied per copy, so caches see new values), peak RSS of each child read
    from ``os.wait4`` (``ru_maxrss``) in a small helper process (a child forked from this big process would
    inherit its high-water mark). NDJSON is streamed, so the two should be about the same.
+
+d. **answers**: 50-entry Observation searchsets (one per Bundle, shaped as the proxy serves them: absolute
+   ``fullUrl``, ``Patient/<id>`` subjects, a sealed ``next`` link with a fresh random token each time) through
+   ``CompiledProfile.mask_json`` with the cache on, as the proxy masks answers: a **hit** (the page seen
+   before), a **page miss** (the same resources in another order: each resource is a cache hit, the entry
+   array is new) and a **cold miss** (an empty cache). Median of ``--runs`` runs, microseconds per answer.
 
 Keys are fixed bench values (``--key hash=value:... --key date-shift=value:... --key pseudonym=value:...``);
 the script prints which of them the profile actually names.
@@ -290,6 +296,86 @@ def run_child(label: str, source: Path, target: Path, resources: int) -> RssResu
     return RssResult(label, resources, source.stat().st_size / 1e6, float(seconds), rss_mb)
 
 
+# --------------------------------------------------------------------------- (d) answers through the cache
+
+PAGE = 50
+BASE = "http://fhir.example/r4"
+
+
+def search_page(bundle: BundleFile) -> Json | None:
+    """The first ``PAGE`` Observations of a Synthea Bundle as a searchset (links added per answer)."""
+    resources = [entry["resource"] for entry in orjson.loads(bundle.raw).get("entry", [])]
+    patient = next((r["id"] for r in resources if r.get("resourceType") == "Patient"), None)
+    observations = [r for r in resources if r.get("resourceType") == "Observation"][:PAGE]
+    if patient is None or len(observations) < PAGE:
+        return None
+    entries = []
+    for observation in observations:
+        served = {key: value for key, value in observation.items() if key != "encounter"}
+        served["subject"] = {"reference": f"Patient/{patient}"}
+        entries.append({"fullUrl": f"{BASE}/Observation/{served['id']}", "resource": served})
+    return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+
+
+def answer(page: Json, *, reverse: bool = False) -> bytes:
+    """``page`` as served once: a self link and a sealed next link with a fresh random token."""
+    token = os.urandom(48).hex()
+    links = [
+        {"relation": "self", "url": f"{BASE}/Observation?subject=Patient/x&_count={PAGE}"},
+        {"relation": "next", "url": f"{BASE}/_page?token={token}"},
+    ]
+    entries = page["entry"][::-1] if reverse else page["entry"]
+    return orjson.dumps(
+        {**page, "entry": [{**e, "search": {"mode": "match"}} for e in entries], "link": links}
+    )
+
+
+@dataclass
+class AnswerResult:
+    """Microseconds per masked 50-entry answer (median run) by cache state."""
+
+    pages: int
+    hit_us: float
+    page_miss_us: float
+    cold_miss_us: float
+
+
+def _per_answer(profile: CompiledProfile, bodies: list[bytes]) -> float:
+    started = time.perf_counter()
+    for body in bodies:
+        profile.mask_json(body, today=TODAY)
+    return (time.perf_counter() - started) / len(bodies) * 1e6
+
+
+def bench_answers(source: Profile, bundles: list[BundleFile], runs: int) -> AnswerResult | None:
+    """Hit, page miss and cold miss per answer; None when no Bundle has 50 Observations."""
+    pages = [page for page in map(search_page, bundles) if page is not None]
+    if not pages:
+        return None
+    keys = {name: value.encode() for name, value in KEYS.items()}
+    hits, page_misses, cold_misses = [], [], []
+    for _ in range(runs):
+        profile = compile_profile(source, keys)
+        profile.warm()
+        profile.enable_cache(10_000)  # the proxy's defaults
+        cold_misses.append(_per_answer(profile, [answer(page) for page in pages]))
+        hits.append(_per_answer(profile, [answer(page) for page in pages for _ in range(20)]))
+        page_misses.append(_per_answer(profile, [answer(page, reverse=True) for page in pages]))
+    median = statistics.median
+    return AnswerResult(len(pages), median(hits), median(page_misses), median(cold_misses))
+
+
+def print_answers(result: AnswerResult | None) -> None:
+    if result is None:
+        print("\n(d) answers: no Bundle has 50 Observations")
+        return
+    print(
+        f"\n(d) 50-entry searchset answers through mask_json with the cache ({result.pages} pages): "
+        f"hit {result.hit_us:.0f} us, page miss (resources cached) {result.page_miss_us:.0f} us, "
+        f"cold miss {result.cold_miss_us:.0f} us per answer"
+    )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -423,8 +509,12 @@ def run(args: argparse.Namespace, tmp: Path) -> Json:
     write_ndjson(ten, lines, COPIES)
     rss.append(run_child(f"{COPIES}x", ten, out, len(lines) * COPIES))
 
+    print("(d) searchset answers through the cache ...", flush=True)
+    answers = bench_answers(source, bundles, args.runs)
+
     print_bundles(engine, bundles)
     print_table(engine, cli, rss)
+    print_answers(answers)
     found = goals(engine, cli, rss)
     print_goals(found)
     return {
@@ -439,6 +529,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Json:
         "engine": [{**asdict(r), "seconds": r.seconds, "resources_per_s": r.rate} for r in engine],
         "cli": {**asdict(cli), "seconds": cli.seconds, "resources_per_s": cli.rate},
         "rss": [{**asdict(r), "resources_per_s": r.rate} for r in rss],
+        "answers": asdict(answers) if answers is not None else None,
         "goals": found,
     }
 

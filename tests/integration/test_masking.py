@@ -166,6 +166,25 @@ def test_safe_harbor_by_client_masks_every_entry_of_a_search(
     assert next(r for r in resources if r["resourceType"] == "Patient")["id"] == hashed(patient_id)
 
 
+def test_a_repeated_search_page_is_masked_the_same_with_fresh_sealed_links(
+    masking: MaskingSetup, patient_id: str
+) -> None:
+    params = {"patient": patient_id, "_count": "2"}
+    with masking.client("research-app") as client:
+        first, second = (client.get("/Encounter", params=params).json() for _ in range(2))
+        assert first["entry"] == second["entry"]
+        assert all("ANONYED" in security_codes(entry["resource"]) for entry in second["entry"])
+        next_links = [
+            link["url"] for answer in (first, second) for link in answer["link"] if link["relation"] == "next"
+        ]
+        assert len(next_links) == 2
+        assert next_links[0] != next_links[1]  # each seal has its own nonce
+        following = client.get(next_links[1])
+    assert following.status_code == 200
+    assert following.json()["entry"] != second["entry"]
+    assert patient_id not in following.text
+
+
 def test_safe_harbor_by_allowed_header(
     masking: MaskingSetup, upstream: SeededUpstream, patient_id: str
 ) -> None:
@@ -218,7 +237,8 @@ def test_a_masking_failure_withholds_the_answer(masking: MaskingSetup, upstream:
     with masking.client("pseudo-app") as client:
         answer = client.get(f"/Patient/{long_id}")
         search = client.get("/Patient", params={"family": family})
-    for failed in (answer, search):
+        again = client.get("/Patient", params={"family": family})  # nothing of a failure is kept for reuse
+    for failed in (answer, search, again):
         assert failed.status_code == 500
         assert failed.json()["resourceType"] == "OperationOutcome"
         assert family not in failed.text

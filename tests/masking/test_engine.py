@@ -342,7 +342,7 @@ def test_cached_results_equal_fresh_ones_and_count_the_same() -> None:
         stats = MaskStats()
         assert cached.mask_json(body, stats=stats) == expected
         assert (stats.resources, stats.changed) == (3, 2)  # the Bundle itself has nothing to mask
-    assert len(cached._cache or ()) == 2  # the two entries; the Bundle itself is never cached
+    assert len(cached._cache or ()) == 3  # the two entries and the entry array; never the whole Bundle
     assert cached.mask_json(orjson.dumps(PATIENT)) == fresh.mask_json(orjson.dumps(PATIENT))
 
 
