@@ -201,7 +201,8 @@ class FhirEndpoint:
     def _start_record(self, scope: Scope) -> AuditRecord | None:
         if self.audit is None:
             return None
-        return start_record(scope, scope.get("state", {}).get("request_id", ""))
+        request_id = scope.get("state", {}).get("request_id", "")
+        return start_record(scope, request_id, telemetry=self.audit.telemetry is not None)
 
     def _refusal(self, error: ProxyError, record: AuditRecord | None) -> Response:
         if record is not None:

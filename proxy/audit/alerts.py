@@ -90,16 +90,23 @@ class AlertEngine:
 
     def observe(self, record: AuditRecord, now: float | None = None) -> list[Alert]:
         """The alerts this record sets off (and remembers what the counting rules need)."""
+        settings = self._settings
+        break_glass = settings.break_glass and record.break_glass
+        count_patients = settings.distinct_patients is not None and bool(record.patients)
+        count_denial = settings.repeated_denials is not None and record.decision == Decision.DENY
+        export = self._hours is not None and record.operation == "export"
+        if not (break_glass or count_patients or count_denial or export):
+            return []  # no rule concerns this record (most requests): nothing to work out
         at = time.time() if now is None else now
         actor = _actor(record)
         alerts: list[Alert] = []
-        if self._settings.break_glass and record.break_glass:
+        if break_glass:
             alerts.append(Alert("break-glass", actor, 1, at, record.request_id))
-        if self._settings.distinct_patients is not None and record.patients:
+        if count_patients:
             alerts += self._distinct_patients(record, actor, at)
-        if self._settings.repeated_denials is not None and record.decision == Decision.DENY:
+        if count_denial:
             alerts += self._repeated_denials(record, actor, at)
-        if self._hours is not None and record.operation == "export" and not _within(self._hours, at):
+        if export and self._hours is not None and not _within(self._hours, at):
             alerts.append(Alert("export-outside-hours", actor, 1, at, record.request_id))
         return alerts
 

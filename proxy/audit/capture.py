@@ -6,6 +6,7 @@ Routes are templates (``/Patient/{id}``), never raw paths: ids are PHI.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from proxy.audit.record import AuditRecord, Decision
 from proxy.auth.principal import Principal
 from proxy.errors import AuthenticationError, ForbiddenError, NotFoundError, ProxyError
 from proxy.fhir.compartment import patient_references
-from proxy.fhir.request import FhirRequest, Interaction
+from proxy.fhir.request import Compartment, FhirRequest, Interaction
 
 __all__ = [
     "describe_principal",
@@ -31,28 +32,45 @@ __all__ = [
 _UNCLASSIFIED = "unclassified"
 
 
-def start_record(scope: Mapping[str, Any], request_id: str) -> AuditRecord:
-    """A record for a request that has just arrived (nothing classified yet)."""
+def start_record(scope: Mapping[str, Any], request_id: str, *, telemetry: bool = True) -> AuditRecord:
+    """A record for a request that has just arrived (nothing classified yet). ``telemetry`` false: none
+    will be made from it, so what only telemetry uses is not gathered (``AuditRecord.telemetry``)."""
     client = scope.get("client")
-    headers = dict(scope.get("headers", ()))
-    user_agent = headers.get(b"user-agent")
-    traceparent = headers.get(b"traceparent")
+    method = str(scope.get("method", ""))
+    client_address = client[0] if client else None
+    if not telemetry:
+        return AuditRecord(
+            request_id, method, _UNCLASSIFIED, _UNCLASSIFIED, client_address=client_address, telemetry=False
+        )
+    user_agent = traceparent = None
+    for name, value in scope.get("headers", ()):  # the last one wins, as in a dict of the headers
+        if name == b"user-agent":
+            user_agent = value.decode("latin-1") or None
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1") or None
     return AuditRecord(
         request_id=request_id,
-        method=str(scope.get("method", "")),
+        method=method,
         route=_UNCLASSIFIED,
         interaction=_UNCLASSIFIED,
-        client_address=client[0] if client else None,
-        user_agent=user_agent.decode("latin-1") if user_agent else None,
+        client_address=client_address,
+        user_agent=user_agent,
         scheme=scope.get("scheme"),
-        traceparent=traceparent.decode("latin-1") if traceparent else None,
+        traceparent=traceparent,
     )
 
 
 def describe_request(record: AuditRecord, request: FhirRequest, query: str) -> None:
     """What was asked: interaction, route template, type, id, operation and the raw query (PHI)."""
-    record.interaction = _interaction(request)
-    record.route = route_template(request)
+    compartment = request.compartment
+    record.interaction, record.route = _shape(
+        request.interaction,
+        request.resource_type,
+        compartment.resource_type if compartment is not None else None,
+        request.id is not None,
+        request.version_id is not None,
+        request.operation,
+    )
     record.resource_type = request.resource_type
     record.resource_id = request.id
     record.operation = request.operation
@@ -74,7 +92,8 @@ def describe_principal(record: AuditRecord, principal: Principal) -> None:
     record.issuer = principal.issuer
     record.roles = principal.roles
     record.purpose_of_use = principal.purpose_of_use
-    record.scopes = tuple(principal.scope_text.split())
+    if record.telemetry:
+        record.scopes = tuple(principal.scope_text.split())
 
 
 def note_error(record: AuditRecord, error: ProxyError) -> None:
@@ -89,8 +108,9 @@ def note_error(record: AuditRecord, error: ProxyError) -> None:
 
 
 def note_stage(record: AuditRecord | None, name: str, started: float) -> None:
-    """A timed stage of the request (``token``, ``policy``, ``upstream``, ``consent``, ``masking``)."""
-    if record is not None:
+    """A timed stage of the request (``token``, ``policy``, ``upstream``, ``consent``, ``masking``), for
+    telemetry's child spans."""
+    if record is not None and record.telemetry:
         record.stages.append((name, started, time.time()))
 
 
@@ -119,6 +139,30 @@ def _note_resource(record: AuditRecord, resource: dict[str, Any]) -> None:
         reference = f"{resource['resourceType']}/{resource_id}"
         if reference not in record.resources:
             record.resources.append(reference)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(
+    interaction: Interaction,
+    resource_type: str | None,
+    compartment_type: str | None,
+    has_id: bool,
+    has_version: bool,
+    operation: str | None,
+) -> tuple[str, str]:
+    """(interaction code, route template) of a request of this shape (memoised: the shapes are few, and
+    nothing in them is PHI, ids being reduced to whether there is one)."""
+    compartment = Compartment(compartment_type, "{id}") if compartment_type is not None else None
+    request = FhirRequest(
+        interaction,
+        "",
+        resource_type=resource_type,
+        id="{id}" if has_id else None,
+        version_id="{vid}" if has_version else None,
+        operation=operation,
+        compartment=compartment,
+    )
+    return _interaction(request), route_template(request)
 
 
 def route_template(request: FhirRequest) -> str:

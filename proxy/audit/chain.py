@@ -1,14 +1,21 @@
-"""The local audit log: AuditEvents in an append-only, hash-chained JSON-lines file with signed checkpoints.
+"""The local audit log: an append-only, hash-chained JSON-lines file of audit records with signed checkpoints.
 
 HIPAA 164.312(b) asks for audit controls and 164.312(c) for integrity controls: the log must show who did
 what, and any later change to it must be detectable. Each line of the file is one of:
 
+``{"seq":N,"prev":"<hex>","request":{...},"hash":"<hex>"}``
+    A request record: one request's entry (``proxy.audit.entry``), the facts its BALP AuditEvents are made
+    of, as canonical JSON (orjson, keys sorted, no spaces). This is what the proxy writes, one per request:
+    the events are made from it when the log is read (``read_events``), always the same ones. ``hash`` is
+    the hex SHA-256 of ``b"<seq>|<prev>|request|"`` followed by the canonical entry bytes, so it commits to
+    the record's whole content and kind; ``prev`` is the previous record's ``hash`` (64 zeros for the first
+    record of a chain, or ``first_prev`` when a file continues an earlier one). ``seq`` counts records from 1
+    in each file. Editing, deleting, inserting or reordering a record breaks ``hash``, ``seq`` or ``prev``.
+
 ``{"seq":N,"prev":"<hex>","event":{...},"hash":"<hex>"}``
-    An audit record. ``seq`` counts records from 1 in each file. ``event`` is the AuditEvent as canonical
-    JSON (orjson, keys sorted, no spaces). ``hash`` is the hex SHA-256 of ``b"<seq>|<prev>|"`` followed by
-    the canonical event bytes, so it commits to the record's whole content; ``prev`` is the previous record's
-    ``hash`` (64 zeros for the first record of a chain, or ``first_prev`` when a file continues an earlier
-    one). Editing, deleting, inserting or reordering a record breaks ``hash``, ``seq`` or ``prev``.
+    An event record: one AuditEvent as it is, as canonical JSON; ``hash`` is the SHA-256 of
+    ``b"<seq>|<prev>|"`` followed by the canonical event bytes (an event starts with ``{``, so the two kinds
+    never hash the same bytes). Otherwise like a request record.
 
 ``{"checkpoint":N,"hash":"<hex>","at":"<instant>","mac":"<hex>"}``
     A checkpoint: record ``N`` (the last record before it) has ``hash``, signed at ``at`` with
@@ -47,10 +54,13 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from proxy.audit.entry import EntryError, entry_events, entry_record
+
 __all__ = [
     "CHECKPOINT_CONTEXT",
     "GENESIS",
     "MIN_KEY_BYTES",
+    "RECORD_KINDS",
     "AuditChainWriter",
     "AuditLogError",
     "SigningKey",
@@ -59,6 +69,7 @@ __all__ = [
     "canonical",
     "read_events",
     "record_hash",
+    "record_kind",
     "verify_chain",
 ]
 
@@ -74,9 +85,14 @@ SigningKey = bytes | Ed25519PrivateKey
 VerifyingKey = bytes | Ed25519PublicKey | Ed25519PrivateKey
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RECORD_KEYS = frozenset(("seq", "prev", "event", "hash"))
+RECORD_KINDS: Final = ("request", "event")
+"""The kinds of record: the key of the record's content in its line."""
+_RECORD_KEYS = {frozenset(("seq", "prev", kind, "hash")): kind for kind in RECORD_KINDS}
+_HASH_PREFIX = {"request": b"%d|%s|request|", "event": b"%d|%s|"}
 _CHECKPOINT_MARK = b'{"checkpoint":'
-_RECORD_LINE = b'{"seq":%d,"prev":"%s","event":%s,"hash":"%s"}\n'
+_RECORD_LINE = {
+    kind: b'{"seq":%d,"prev":"%s","' + kind.encode() + b'":%s,"hash":"%s"}\n' for kind in RECORD_KINDS
+}
 _MAX_PROBLEMS = 1000
 _FORGED = "(the checkpoint was edited or forged, or this is not its key)"
 
@@ -90,11 +106,17 @@ def canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def record_hash(seq: int, prev: str, event_bytes: bytes) -> str:
-    """The hex SHA-256 of ``b"<seq>|<prev>|" + event_bytes`` (the canonical event)."""
-    digest = hashlib.sha256(b"%d|%s|" % (seq, prev.encode("ascii")))
-    digest.update(event_bytes)
+def record_hash(seq: int, prev: str, body: bytes, kind: str = "event") -> str:
+    """The hex SHA-256 of a record: ``b"<seq>|<prev>|"`` (``b"<seq>|<prev>|request|"`` for a request record)
+    followed by ``body``, the canonical JSON of its content."""
+    digest = hashlib.sha256(_HASH_PREFIX[kind] % (seq, prev.encode("ascii")))
+    digest.update(body)
     return digest.hexdigest()
+
+
+def record_kind(item: object) -> str | None:
+    """``request`` or ``event`` for a parsed record line (exactly its four keys), else None."""
+    return _RECORD_KEYS.get(frozenset(item)) if isinstance(item, dict) else None
 
 
 def _checkpoint_payload(seq: int, digest: str, at: str) -> bytes:
@@ -188,11 +210,14 @@ class _ChainCheck:
     """Line-by-line verification state, shared by ``verify_chain`` and the writer's tail check.
 
     ``seq``/``hash`` None means "not known yet": the first item (a checkpoint when resuming from one)
-    supplies them.
+    supplies them. ``entries``: also check that every request record holds an entry that can be read.
     """
 
-    def __init__(self, checker: _Checker | None, *, seq: int | None, prev: str | None) -> None:
+    def __init__(
+        self, checker: _Checker | None, *, seq: int | None, prev: str | None, entries: bool = False
+    ) -> None:
         self.checker = checker
+        self.entries = entries
         self.seq = seq
         self.hash = prev
         self.first_prev: str | None = None
@@ -226,14 +251,14 @@ class _ChainCheck:
             return
         if isinstance(item, dict) and "checkpoint" in item:
             self._checkpoint(line, item)
-        elif isinstance(item, dict) and set(item) == _RECORD_KEYS:
-            self._record(line, item)
+        elif (kind := record_kind(item)) is not None:
+            self._record(line, item, kind)
         else:
             self.problem(line, "neither an audit record nor a checkpoint")
 
-    def _record(self, line: int, item: dict[str, Any]) -> None:
-        seq, prev, event, digest = item["seq"], item["prev"], item["event"], item["hash"]
-        if not (_is_int(seq) and _is_hex64(prev) and isinstance(event, dict) and _is_hex64(digest)):
+    def _record(self, line: int, item: dict[str, Any], kind: str) -> None:
+        seq, prev, content, digest = item["seq"], item["prev"], item[kind], item["hash"]
+        if not (_is_int(seq) and _is_hex64(prev) and isinstance(content, dict) and _is_hex64(digest)):
             self.problem(line, "malformed record (seq must be an integer, prev and hash 64 hex digits)")
             return
         wrong = []
@@ -253,8 +278,13 @@ class _ChainCheck:
                 )
             else:
                 wrong.append("prev does not match the previous record's hash (the chain is broken here)")
-        if record_hash(seq, prev, canonical(event)) != digest:
+        if record_hash(seq, prev, canonical(content), kind) != digest:
             wrong.append("hash does not match the record's content (the record was edited)")
+        elif self.entries and kind == "request":
+            try:
+                entry_record(content)
+            except EntryError as exc:
+                wrong.append(f"the request record's entry cannot be read ({exc})")
         if wrong:
             self.problem(line, "; ".join(wrong))
         self.seq, self.hash = seq, digest
@@ -312,8 +342,9 @@ def verify_chain(
     Problems (``ok`` false): an edited record (its hash no longer matches), a deleted, inserted or moved
     record (a ``seq`` gap or a ``prev`` that is not the previous record's hash), a checkpoint that does not
     match the record before it, a checkpoint whose ``mac``/``sig`` does not verify under ``key`` (edited,
-    forged, or the wrong key), malformed lines and a truncated last line. With ``key`` None the checkpoints'
-    signatures are not checked (a warning): the chain alone cannot show the file was not rewritten.
+    forged, or the wrong key), malformed lines, a request record whose entry cannot be read (so its
+    AuditEvents cannot be made) and a truncated last line. With ``key`` None the checkpoints' signatures are
+    not checked (a warning): the chain alone cannot show the file was not rewritten.
 
     ``first_prev`` is the ``prev`` the first record must have: ``GENESIS`` for a new chain, the last hash of
     the previous file when this one continues it, or None to accept any (a warning names it).
@@ -329,7 +360,7 @@ def verify_chain(
     if first_prev is not None and not _is_hex64(first_prev):
         raise ValueError("first_prev must be 64 lowercase hex digits")
     checker = None if key is None else _Checker(key)
-    check = _ChainCheck(checker, seq=0, prev=first_prev)
+    check = _ChainCheck(checker, seq=0, prev=first_prev, entries=True)
     with path.open("rb") as file:
         for line, raw in enumerate(file, 1):
             check.feed(line, raw)
@@ -369,8 +400,10 @@ def verify_chain(
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """The AuditEvents of the log, in order (streaming, constant memory; nothing is verified).
 
+    A request record gives the BALP AuditEvents made from its entry, an event record its event.
     Checkpoints are skipped, and so is a last line without a newline (a record still being written).
-    ``AuditLogError`` names a line that is not a record or checkpoint. Use ``verify_chain`` to check the log.
+    ``AuditLogError`` names a line that is not a record or checkpoint, or a request record that cannot be
+    read. Use ``verify_chain`` to check the log.
     """
     with path.open("rb") as file:
         for line, raw in enumerate(file, 1):
@@ -380,7 +413,13 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 item = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise AuditLogError(f"{path}: line {line}: not valid JSON") from None
-            if isinstance(item, dict) and isinstance(item.get("event"), dict) and "seq" in item:
+            kind = record_kind(item)
+            if kind == "request":
+                try:
+                    yield from entry_events(item["request"])
+                except EntryError as exc:
+                    raise AuditLogError(f"{path}: line {line}: {exc}") from None
+            elif kind == "event" and isinstance(item["event"], dict):
                 yield item["event"]
             elif not (isinstance(item, dict) and "checkpoint" in item):
                 raise AuditLogError(f"{path}: line {line}: neither an audit record nor a checkpoint")
@@ -472,14 +511,18 @@ def _read_tail(path: Path, checker: _Checker, first_prev: str) -> _Tail:
 
 
 class AuditChainWriter:
-    """Appends AuditEvents to a hash-chained log file; thread-safe; one writer per file (``flock``).
+    """Appends records to a hash-chained log file; thread-safe; one writer per file (``flock``).
+
+    ``append_request`` writes a request's entry (what the proxy writes), ``append`` an AuditEvent as it is.
 
     ``key`` signs the checkpoints: HMAC-SHA256 with ``bytes`` (at least 16), or an Ed25519 private key.
     A checkpoint is written every ``checkpoint_every`` records and on ``close()``. ``fsync``: ``always``
-    syncs every record, ``interval`` at most once per ``fsync_interval`` seconds (checked when appending, on
-    checkpoints and on ``close()``; call ``sync()`` from a timer to bound the window when idle), ``never``
-    leaves it to the OS. Every record is handed to the OS by its own ``write``: a crash of the process loses
-    nothing, only a crash of the machine can lose unsynced records.
+    syncs every record before ``append`` returns, ``interval`` at most once per ``fsync_interval`` seconds
+    (checked when appending and on checkpoints; the ``fsync`` runs in a background thread, so appending never
+    waits for the disk, and a failed one makes the next append fail; call ``sync()`` from a timer to bound
+    the window when idle), ``never`` leaves it to the OS; ``close()`` syncs unless ``never``. Every record is
+    handed to the OS by its own ``write`` before ``append`` returns: a crash of the process loses nothing,
+    only a crash of the machine can lose unsynced records.
 
     Opening an existing file continues its chain after verifying its tail (from the last checkpoint, whose
     signature must verify under ``key``); a tail that does not verify raises ``AuditLogError``. ``first_prev``
@@ -525,6 +568,8 @@ class AuditChainWriter:
         self._hash = tail.hash.encode("ascii")
         self._uncovered = tail.uncovered
         self._synced = time.monotonic()
+        self._syncer: threading.Thread | None = None
+        self._sync_wanted = threading.Event()
 
     @property
     def seq(self) -> int:
@@ -538,22 +583,28 @@ class AuditChainWriter:
 
     def append(self, event: Mapping[str, Any]) -> int:
         """Write one AuditEvent as the next record; returns its seq. ``AuditLogError`` when it cannot."""
-        body = canonical(event)
+        return self._append("event", canonical(event))
+
+    def append_request(self, entry: Mapping[str, Any]) -> int:
+        """Write one request's entry (``proxy.audit.entry.request_entry``) as the next record; returns its
+        seq. ``AuditLogError`` when it cannot."""
+        return self._append("request", canonical(entry))
+
+    def _append(self, kind: str, body: bytes) -> int:
         with self._lock:
             fd = self._usable()
             seq = self._seq + 1
-            digest = hashlib.sha256(b"%d|%s|" % (seq, self._hash))
+            prev = self._hash
+            digest = hashlib.sha256(_HASH_PREFIX[kind] % (seq, prev))
             digest.update(body)
             new_hash = digest.hexdigest().encode("ascii")
-            self._write(fd, _RECORD_LINE % (seq, self._hash, body, new_hash))
+            self._write(fd, _RECORD_LINE[kind] % (seq, prev, body, new_hash))
             self._seq, self._hash = seq, new_hash
             self._uncovered += 1
             if self._uncovered >= self._every:
                 self._checkpoint(fd)
-            elif self._fsync == "always" or (
-                self._fsync == "interval" and time.monotonic() - self._synced >= self._interval
-            ):
-                self._sync(fd)
+            else:
+                self._after_write(fd)
             return seq
 
     def checkpoint(self) -> None:
@@ -576,7 +627,8 @@ class AuditChainWriter:
                 return
             try:
                 if self._failed is None and self._uncovered:
-                    self._checkpoint(fd)
+                    self._checkpoint(fd, sync=False)
+                self._stop_syncer()
                 if self._failed is None and self._fsync != "never":
                     os.fsync(fd)
             finally:
@@ -597,7 +649,7 @@ class AuditChainWriter:
             raise AuditLogError(f"the audit log {self.path} is closed")
         return self._fd
 
-    def _checkpoint(self, fd: int) -> None:
+    def _checkpoint(self, fd: int, *, sync: bool = True) -> None:
         at = _instant(self._clock())
         digest = self._hash.decode("ascii")
         name, signature = self._signer.sign(self._seq, digest, at)
@@ -605,14 +657,50 @@ class AuditChainWriter:
             fd, orjson.dumps({"checkpoint": self._seq, "hash": digest, "at": at, name: signature}) + b"\n"
         )
         self._uncovered = 0
-        if self._fsync != "never":
+        if sync:
+            self._after_write(fd)
+
+    def _after_write(self, fd: int) -> None:
+        """Sync as ``fsync`` says: now (``always``) or, when the interval has passed, in the background."""
+        if self._fsync == "always":
             self._sync(fd)
+        elif self._fsync == "interval" and time.monotonic() - self._synced >= self._interval:
+            self._synced = time.monotonic()
+            if self._syncer is None:
+                self._syncer = threading.Thread(
+                    target=self._sync_loop, name="fhirwall-audit-fsync", daemon=True
+                )
+                self._syncer.start()
+            self._sync_wanted.set()
+
+    def _sync_loop(self) -> None:
+        """The background syncer of ``interval``: an ``fsync`` each time one is due, until closing."""
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            fd = self._fd
+            if fd is None:  # closing: close() syncs itself once this thread is gone
+                return
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._failed = f"fsync: {exc.strerror}"  # the next append refuses (fail closed)
+                return
+
+    def _stop_syncer(self) -> None:
+        """Let the background syncer finish (called with ``_fd`` already None, before the file is closed)."""
+        if self._syncer is not None:
+            self._sync_wanted.set()
+            self._syncer.join()
+            self._syncer = None
 
     def _write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(fd, view) :]
+            written = os.write(fd, data)
+            if written < len(data):  # rare: a short write (a signal, a full disk being filled up)
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view) :]
         except OSError as exc:
             self._failed = f"{type(exc).__name__}: {exc.strerror}"
             raise AuditLogError(f"cannot write the audit log {self.path}: {self._failed}") from exc

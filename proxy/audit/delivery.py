@@ -1,18 +1,20 @@
 """Durable asynchronous delivery of the audit log's AuditEvents to an audit server (or a file).
 
-The local hash-chained log (``proxy.audit.chain``) *is* the spool: the proxy appends every request's
-AuditEvents to it before answering, and ``AuditDelivery`` (one asyncio task) reads the log behind it and
-ships the events. Nothing is kept only in memory, so a crash, a restart or an audit-server outage loses
+The local hash-chained log (``proxy.audit.chain``) *is* the spool: the proxy appends every request's record
+to it before answering (a request record: the entry of ``proxy.audit.entry``), and ``AuditDelivery`` (one
+asyncio task) reads the log behind it, turns each record into its BALP AuditEvents (``proxy.audit.balp``; an
+event record holds its one event) and ships them, in order. The events made from a record are the same however
+often it is read. Nothing is kept only in memory, so a crash, a restart or an audit-server outage loses
 nothing.
 
-**Reading.** The log is read from the cursor onwards, streaming (at most ``batch_size`` records per read,
-one open file handle). Every record is verified as it is read: its ``hash`` must match its content, its
-``seq`` must follow the previous one and its ``prev`` must be the previous record's hash (a checkpoint must
-name the record before it and, when the delivery holds the log key, its signature must verify). The first
-record that does not verify stops the delivery for good with a CRITICAL log line: the records before it
-are delivered, it and everything after it never are (``state`` becomes ``failed``; the backlog then grows
-until admission refuses requests). A last line without a newline is a record still being written: the
-reader waits for it.
+**Reading.** The log is read from the cursor onwards, streaming (whole records until at least ``batch_size``
+events are pending, one open file handle). Every record is verified as it is read: its ``hash`` must match its
+content, its ``seq`` must follow the previous one and its ``prev`` must be the previous record's hash (a
+checkpoint must name the record before it and, when the delivery holds the log key, its signature must
+verify). The first record that does not verify stops the delivery for good with a CRITICAL log line: the
+records before it are delivered, it and everything after it never are (``state`` becomes ``failed``; the
+backlog then grows until admission refuses requests). A last line without a newline is a record still being
+written: the reader waits for it.
 
 The chain alone cannot show that someone who can write the file did not edit records and recompute every
 later hash. With the log key (``key``), the reader therefore looks ahead to the next signed checkpoint and
@@ -20,21 +22,23 @@ verifies it before handing out any record it covers: a rewritten chain is refuse
 record is delivered. Records after the last checkpoint are covered by no signature yet and are delivered
 on the chain's word (the same limit ``fhirwall audit verify`` reports).
 
-**Sending** (``target: fhir``). A FHIR ``batch`` Bundle of ``PUT AuditEvent/<id>`` entries per read, or
-one ``PUT`` per event when ``batch_size`` is 1. AuditEvent ids are deterministic (``proxy.audit.balp``), so
-sending an event twice leaves one resource: delivery is at-least-once, and with idempotent ids that is
-effectively exactly once (a server that versions every ``PUT`` shows a second version of a resent event).
+**Sending** (``target: fhir``). A FHIR ``batch`` Bundle of at most ``batch_size`` ``PUT AuditEvent/<id>``
+entries, or one ``PUT`` per event when ``batch_size`` is 1. AuditEvent ids are deterministic
+(``proxy.audit.balp``), so sending an event twice leaves one resource: delivery is at-least-once, and with
+idempotent ids that is effectively exactly once (a server that versions every ``PUT`` shows a second version
+of a resent event).
 
-**Cursor.** ``<log>.cursor`` (``cursor_file``) holds the seq, hash and byte offsets of the last record
-that is done (confirmed 2xx by the server, or set aside as poison). It is written atomically (temporary
-file, ``fsync``, rename, ``fsync`` of the directory) and only after the server confirmed; the log itself
-is ``fsync``ed before its records are sent (the writer may sync only once a second), so the cursor never
-points past what a machine crash leaves of the log. It never passes a
-record that is not done: in a partially failed batch the cursor advances over the leading confirmed
-entries and the retry starts at the first failed entry (entries after it that were already confirmed are
-not sent again). On start the cursor is checked against the log (the record it names must still be there
-with the same hash); a cursor that does not match (the log was replaced, truncated or edited) refuses to
-start (``AuditDeliveryError``): move the cursor with its log, or remove it to deliver the log from its start.
+**Cursor.** ``<log>.cursor`` (``cursor_file``) holds the seq, hash and byte offsets of the last record that is
+done (every one of its events confirmed 2xx by the server, or set aside as poison). It is written atomically
+(temporary file, ``fsync``, rename, ``fsync`` of the directory) and only after the server confirmed; the log
+itself is ``fsync``ed before its records are sent (the writer may sync only once a second), so the cursor
+never points past what a machine crash leaves of the log. It never passes a record that is not done: in a
+partially failed batch the cursor advances over the leading records whose events were all confirmed and the
+retry starts at the first failed entry (entries after it that were already confirmed are not sent again; after
+a restart the confirmed events of a record the cursor did not pass are sent again, under the same ids). On
+start the cursor is checked against the log (the record it names must still be there with the same hash); a
+cursor that does not match (the log was replaced, truncated or edited) refuses to start
+(``AuditDeliveryError``): move the cursor with its log, or remove it to deliver the log from its start.
 
 **Failures.**
 
@@ -49,7 +53,8 @@ start (``AuditDeliveryError``): move the cursor with its log, or remove it to de
   *poison* record the server will never accept. It is logged as an error with its seq and id, appended
   (with the status, the server's OperationOutcome and the event) to the dead-letter file
   ``<log>.dead-letter.jsonl`` (``dead_letter_file``, synced before the cursor passes it), and delivery
-  moves on. A record that is not an AuditEvent with a valid id is poison too (it cannot be ``PUT``).
+  moves on. An event that is not an AuditEvent with a valid id is poison too (it cannot be ``PUT``), and so
+  is a request record whose entry cannot be read (dead-lettered as it is, under ``request``).
   Replaying the dead letters is an operator decision.
 - Any other 4xx for a whole batch (400, 413, 422, ...): the batch is sent again one event per ``PUT``, to
   find the poison records in it.
@@ -90,7 +95,8 @@ from typing import IO, Any, Final, Literal
 import httpx
 import orjson
 
-from proxy.audit.chain import VerifyingKey, _Checker, canonical, record_hash
+from proxy.audit.chain import VerifyingKey, _Checker, canonical, record_hash, record_kind
+from proxy.audit.entry import EntryError, entry_events
 from proxy.errors import ProxyError
 from proxy.settings import AuditDeliverySettings as DeliverySettings
 from proxy.upstream.credentials import UpstreamCredentials, credentials_for
@@ -118,7 +124,6 @@ _CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407})
 _TRANSIENT_STATUSES: Final = frozenset({408, 429})
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RECORD_KEYS: Final = frozenset(("seq", "prev", "event", "hash"))
 _STATUS_CODE = re.compile(r"\s*(\d{3})")
 _JITTER = random.SystemRandom()
 
@@ -159,13 +164,16 @@ class _Position:
 
 @dataclass(slots=True)
 class _Pending:
-    """A record read but not yet passed by the cursor."""
+    """An event of a record read but not yet passed by the cursor (``last``: its record's last event;
+    ``unreadable``: why the record's entry gave no events, ``event`` then holding the entry)."""
 
     seq: int
     hash: str
     start: int
     end: int
     event: Json
+    last: bool = True
+    unreadable: str | None = None
     done: bool = False
 
     @property
@@ -186,17 +194,34 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _verified_record(raw: bytes) -> tuple[int, str, str, Json]:
-    """(seq, prev, hash, event) of a record line whose hash matches its content; ``_BrokenChain`` if not."""
+def _verified_record(raw: bytes) -> tuple[int, str, str, str, Json]:
+    """(seq, prev, hash, kind, content) of a record line whose hash matches its content; ``_BrokenChain``
+    if not."""
     item = orjson.loads(raw)
-    if not (isinstance(item, dict) and set(item) == _RECORD_KEYS):
+    kind = record_kind(item)
+    if kind is None:
         raise _BrokenChain("neither an audit record nor a checkpoint")
-    seq, prev, event, digest = item["seq"], item["prev"], item["event"], item["hash"]
-    if not (_is_int(seq) and _is_hex64(prev) and isinstance(event, dict) and _is_hex64(digest)):
+    seq, prev, content, digest = item["seq"], item["prev"], item[kind], item["hash"]
+    if not (_is_int(seq) and _is_hex64(prev) and isinstance(content, dict) and _is_hex64(digest)):
         raise _BrokenChain("malformed record")
-    if record_hash(seq, prev, canonical(event)) != digest:
+    if record_hash(seq, prev, canonical(content), kind) != digest:
         raise _BrokenChain(f"record seq {seq}: hash does not match its content (the record was edited)")
-    return seq, prev, digest, event
+    return seq, prev, digest, kind, content
+
+
+def _pending_events(seq: int, digest: str, start: int, end: int, kind: str, content: Json) -> list[_Pending]:
+    """The events of one verified record, in order: an event record's event, a request record's BALP
+    AuditEvents (one unreadable pending when its entry cannot be read)."""
+    if kind == "event":
+        return [_Pending(seq, digest, start, end, content)]
+    try:
+        events = entry_events(content)
+    except EntryError as exc:
+        return [_Pending(seq, digest, start, end, content, unreadable=str(exc))]
+    last = len(events) - 1
+    return [
+        _Pending(seq, digest, start, end, event, last=index == last) for index, event in enumerate(events)
+    ]
 
 
 class _Chain:
@@ -206,18 +231,18 @@ class _Chain:
         self.seq = seq
         self.hash = digest
 
-    def feed(self, raw: bytes, checker: _Checker | None) -> tuple[int, str, Json] | None:
-        """Verify one complete line: a record (returns seq, hash, event) or a checkpoint (None)."""
+    def feed(self, raw: bytes, checker: _Checker | None) -> tuple[int, str, str, Json] | None:
+        """Verify one complete line: a record (returns seq, hash, kind, content) or a checkpoint (None)."""
         if raw.startswith(b'{"checkpoint":'):
             self._checkpoint(orjson.loads(raw), checker)
             return None
-        seq, prev, digest, event = _verified_record(raw)
+        seq, prev, digest, kind, content = _verified_record(raw)
         if seq != self.seq + 1:
             raise _BrokenChain(f"seq {seq} where {self.seq + 1} was expected (records deleted or moved)")
         if self.hash is not None and prev != self.hash:
             raise _BrokenChain(f"record seq {seq}: prev does not match the previous record's hash")
         self.seq, self.hash = seq, digest
-        return seq, digest, event
+        return seq, digest, kind, content
 
     def _checkpoint(self, item: object, checker: _Checker | None) -> None:
         if (
@@ -268,7 +293,8 @@ class _LogReader:
             self._file = None
 
     def read(self, limit: int) -> list[_Pending]:
-        """Up to ``limit`` verified records after the last one read; sets ``broken`` at a bad line."""
+        """The events of the verified records after the last one read, whole records until there are at
+        least ``limit`` (or the log ends); sets ``broken`` at a bad line."""
         if self.broken is not None:
             return []
         if self._file is None:
@@ -284,8 +310,8 @@ class _LogReader:
                 return []
         file = self._file
         file.seek(self._offset)
-        records: list[_Pending] = []
-        while len(records) < limit and self._vouched(file):
+        events: list[_Pending] = []
+        while len(events) < limit and self._vouched(file):
             raw = file.readline()
             if not raw.endswith(b"\n"):  # end of the log, or a record still being written
                 break
@@ -298,11 +324,11 @@ class _LogReader:
                 break
             self._offset += len(raw)
             if record is not None:
-                seq, digest, event = record
-                records.append(_Pending(seq, digest, line_start, self._offset, event))
-        if records:
+                seq, digest, kind, content = record
+                events += _pending_events(seq, digest, line_start, self._offset, kind, content)
+        if events:
             self._sync(file)
-        return records
+        return events
 
     def _sync(self, file: IO[bytes]) -> None:
         """Make the records about to be delivered durable in the log first (the writer may sync only
@@ -416,7 +442,7 @@ def _check_cursor(log: Path, position: _Position) -> None:
     seq, digest = 0, ""
     if raw.endswith(b"\n"):
         with contextlib.suppress(_BrokenChain, orjson.JSONDecodeError):
-            seq, _, digest, _ = _verified_record(raw)
+            seq, _, digest, _, _ = _verified_record(raw)
     if seq != position.seq or digest != position.hash:
         raise AuditDeliveryError(
             f"the audit delivery cursor names record seq {position.seq} at byte "
@@ -777,7 +803,7 @@ class AuditDelivery:
 
     async def _attempt(self) -> None:
         """Try to deliver the pending records once; advances the cursor over what is done."""
-        todo = [pending for pending in self._pending if not pending.done]
+        todo = [pending for pending in self._pending if not pending.done][: self.settings.batch_size]
         if not todo:  # all done, only the cursor could not be saved last time
             await self._advance()
         elif self.settings.target == "file":
@@ -861,12 +887,13 @@ class AuditDelivery:
             )
 
     async def _advance(self) -> None:
-        """Move the cursor over the leading done records and persist it."""
+        """Move the cursor over the leading records whose events are all done and persist it."""
         count = 0
-        for pending in self._pending:
+        for index, pending in enumerate(self._pending):
             if not pending.done:
                 break
-            count += 1
+            if pending.last:
+                count = index + 1
         if not count:
             return
         last = self._pending[count - 1]
@@ -1017,7 +1044,10 @@ class AuditDelivery:
 
 
 def _invalid(pending: _Pending) -> _Verdict | None:
-    """Poison without asking the server: not an AuditEvent, or no id it could be ``PUT`` under."""
+    """Poison without asking the server: an unreadable request record, not an AuditEvent, or no id it could
+    be ``PUT`` under."""
+    if pending.unreadable is not None:
+        return _Verdict("poison", reason=f"a request record that cannot be read ({pending.unreadable})")
     event = pending.event
     event_id = event.get("id")
     if (
@@ -1098,7 +1128,7 @@ def _dead_letter(pending: _Pending, verdict: _Verdict) -> bytes:
         "status": verdict.status,
         "reason": verdict.reason,
         "outcome": verdict.outcome,
-        "event": pending.event,
+        "request" if pending.unreadable is not None else "event": pending.event,
     }
     return orjson.dumps(letter) + b"\n"
 

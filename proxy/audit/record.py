@@ -42,6 +42,9 @@ class AuditRecord:
     request's shape with ids replaced (``/Patient/{id}``), never the raw path. ``patients`` are the ids of
     the patients whose data the answer carried (or the request wrote); ``resources`` the ``Type/id`` of the
     resources returned or written (both PHI).
+
+    ``telemetry`` false (the audit trail exports no telemetry) leaves out what only telemetry uses: the
+    ``user_agent``, ``scheme``, ``traceparent``, ``scopes`` and the timed ``stages`` stay empty.
     """
 
     request_id: str
@@ -82,6 +85,8 @@ class AuditRecord:
     ``upstream``, ``masking`` (telemetry turns them into child spans)."""
     alerts: list[str] = field(default_factory=list)
     """Names of the anomaly rules this request set off."""
+    telemetry: bool = True
+    """Whether telemetry will be made from this record (else what only telemetry uses is not gathered)."""
 
     @property
     def outcome(self) -> str:

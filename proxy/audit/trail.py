@@ -1,8 +1,10 @@
-"""The audit trail of the proxy: every request's record, as BALP AuditEvents, in the local tamper-evident log.
+"""The audit trail of the proxy: every request's record in the local tamper-evident log.
 
-``AuditTrail.submit`` is called once per request, before the answer is sent: the record becomes one or more
-AuditEvents (``proxy.audit.balp``) appended to the hash-chained log (``proxy.audit.chain``). If the log cannot
-be written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request nobody could audit;
+``AuditTrail.submit`` is called once per request, before the answer is sent: the record's entry
+(``proxy.audit.entry``: the facts its BALP AuditEvents are made of) is appended to the hash-chained log
+(``proxy.audit.chain``) as one request record, and the AuditEvents are made from it when the log is read
+(delivery, ``fhirwall audit query`` and ``report``), not while the client waits. If the log cannot be
+written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request nobody could audit;
 ``continue`` serves it and logs the failure loudly.
 """
 
@@ -17,8 +19,9 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from proxy.audit.alerts import Alert, AlertEngine
-from proxy.audit.balp import ObserverInfo, audit_events
+from proxy.audit.balp import ObserverInfo
 from proxy.audit.chain import AuditChainWriter, AuditLogError
+from proxy.audit.entry import request_entry
 from proxy.audit.record import AuditRecord
 from proxy.audit.telemetry import Telemetry
 from proxy.errors import ProxyError
@@ -50,7 +53,7 @@ class AuditUnavailableError(ProxyError):
 
 
 class AuditTrail:
-    """Turns request records into AuditEvents and appends them to the local chained log."""
+    """Appends each request's record to the local chained log (its AuditEvents are made when it is read)."""
 
     def __init__(self, settings: AuditSettings, writer: AuditChainWriter | None) -> None:
         self._settings = settings
@@ -87,8 +90,7 @@ class AuditTrail:
         seq = 0
         try:
             if self._writer is not None:
-                for event in audit_events(record, observer=self._observer):
-                    seq = self._writer.append(event)
+                seq = self._writer.append_request(request_entry(record, self._observer))
         except Exception:
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":

@@ -1,5 +1,5 @@
-"""The audit trail through the proxy: every request (permitted, denied, failed) leaves BALP AuditEvents in the
-hash-chained local log, written before the answer goes out."""
+"""The audit trail through the proxy: every request (permitted, denied, failed) leaves its record in the
+hash-chained local log, written before the answer goes out, and the log gives its BALP AuditEvents."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
-from proxy.audit.chain import read_events, verify_chain
+from proxy.audit.chain import read_events, record_kind, verify_chain
 from proxy.auth.dev_issuer import DevIssuer, load_or_create_key
 from tests.conftest import RunningProxy, SeededUpstream, free_port, make_settings
 
@@ -131,6 +132,10 @@ def test_the_log_verifies_and_holds_no_duplicates(audit: AuditSetup) -> None:
     assert report.ok, report.problems
     ids = [event["id"] for event in read_events(audit.log)]
     assert len(ids) == len(set(ids))
+    lines = [orjson.loads(line) for line in audit.log.read_bytes().splitlines()]
+    kinds = {record_kind(line) for line in lines if "checkpoint" not in line}
+    assert kinds == {"request"}  # one request record per request, its AuditEvents made when read
+    assert report.records == len(lines) - report.checkpoints <= len(ids)
 
 
 def test_touching_many_patients_raises_an_alert(audit: AuditSetup, caplog: pytest.LogCaptureFixture) -> None:

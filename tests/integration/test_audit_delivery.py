@@ -1,11 +1,11 @@
 """ACCEPTANCE: audit delivery through an outage of a real audit server, nothing lost, nothing duplicated.
 
-A sekmet FHIR R4 server (its own process, port and data directory, so it can be stopped and started
-again) is the audit server. The proxy's hash-chained log is written the way the audit trail writes it
-(BALP AuditEvents from ``AuditRecord``s, ``notify`` after each append) while ``AuditDelivery`` ships them:
-a first burst while the server is up, a second burst of ``OUTAGE_RECORDS`` while it is down (delivery
-keeps retrying, the backlog grows), then the server comes back and the backlog drains. The server must
-then hold exactly the log's AuditEvents, each in a single version (type-level ``_history``), written in
+A sekmet FHIR R4 server (its own process, port and data directory, so it can be stopped and started again) is
+the audit server. The proxy's hash-chained log is written the way the audit trail writes it (one request
+record per ``AuditRecord``, ``notify`` after each append) while ``AuditDelivery`` makes their BALP AuditEvents
+and ships them: a first burst while the server is up, a second burst of ``OUTAGE_RECORDS`` while it is down
+(delivery keeps retrying, the backlog grows), then the server comes back and the backlog drains. The server
+must then hold exactly the log's AuditEvents, each in a single version (type-level ``_history``), written in
 the log's order.
 """
 
@@ -22,6 +22,7 @@ import httpx
 from proxy.audit.balp import ObserverInfo, audit_events
 from proxy.audit.chain import AuditChainWriter, read_events
 from proxy.audit.delivery import AuditDelivery, DeliverySettings
+from proxy.audit.entry import request_entry
 from proxy.audit.record import AuditRecord, Decision
 from proxy.embedded_upstream import EmbeddedUpstream
 from tests.conftest import free_port
@@ -132,10 +133,8 @@ def outage_records(started: float) -> list[AuditRecord]:
 
 
 def submit(writer: AuditChainWriter, delivery: AuditDelivery, record: AuditRecord) -> int:
-    """What the audit trail does for one request: append its AuditEvents, then notify the delivery."""
-    seq = 0
-    for event in audit_events(record, observer=OBSERVER):
-        seq = writer.append(event)
+    """What the audit trail does for one request: append its record, then notify the delivery."""
+    seq = writer.append_request(request_entry(record, OBSERVER))
     delivery.notify(seq)
     return seq
 
@@ -184,12 +183,16 @@ async def _outage_scenario(server: EmbeddedUpstream, log: Path, settings: Delive
         await delivery.start()
         try:
             # 1. the audit server is up: the first burst is delivered as it is written
-            for record in first_burst_records(started):
+            burst = first_burst_records(started)
+            for record in burst:
                 submit(writer, delivery, record)
             first_burst = writer.seq
-            assert first_burst > len(first_burst_records(started))  # searches and alerts add events
+            assert first_burst == len(burst)  # one record per request
+            burst_events = sum(len(audit_events(record, observer=OBSERVER)) for record in burst)
+            assert burst_events > first_burst  # searches and alerts make several events
             await wait_until(lambda: delivery.backlog == 0, 10, "the first burst delivered")
             assert delivery.delivered_seq == first_burst
+            assert delivery.status().delivered_events == burst_events
 
             # 2. the audit server goes down; the proxy keeps writing its log
             await asyncio.to_thread(server.stop)
@@ -209,6 +212,7 @@ async def _outage_scenario(server: EmbeddedUpstream, log: Path, settings: Delive
             await asyncio.to_thread(server.start)
             await wait_until(lambda: delivery.backlog == 0, 15, "the outage backlog drained")
             assert delivery.delivered_seq == writer.seq
+            assert delivery.status().delivered_events == burst_events + OUTAGE_RECORDS
             assert delivery.status().last_error is None
         finally:
             await delivery.stop()

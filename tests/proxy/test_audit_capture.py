@@ -6,9 +6,18 @@ import orjson
 import pytest
 
 from consent.evaluate import ConsentVerdict
-from proxy.audit.capture import describe_request, note_error, note_patients_in_body, route_template
+from proxy.audit.capture import (
+    describe_principal,
+    describe_request,
+    note_error,
+    note_patients_in_body,
+    note_stage,
+    route_template,
+    start_record,
+)
 from proxy.audit.context import CONSENT_WITHHELD, current_record, note_consent_verdict
 from proxy.audit.record import AuditRecord, Decision
+from proxy.auth.principal import Principal
 from proxy.errors import AuthenticationError, ForbiddenError, NotFoundError, ProxyError
 from proxy.fhir.request import classify
 
@@ -92,3 +101,48 @@ def test_consent_verdicts_reach_the_current_record_only() -> None:
     assert record.consent_ids == ["c1", "c2"]
     assert record.reasons == [CONSENT_WITHHELD]
     assert record.break_glass
+
+
+SCOPE = {
+    "method": "GET",
+    "scheme": "https",
+    "client": ("192.0.2.7", 5000),
+    "headers": [
+        (b"user-agent", b"old/1"),
+        (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (b"user-agent", b"curl/8"),
+    ],
+}
+PRINCIPAL = Principal(
+    issuer="https://idp.example",
+    subject="u1",
+    client_id="app",
+    scope_text="openid patient/*.rs",
+    expires_at=1.0,
+)
+
+
+def test_a_record_gathers_what_telemetry_uses() -> None:
+    record = start_record(SCOPE, "r1")
+    assert (record.method, record.client_address, record.scheme, record.user_agent) == (
+        "GET",
+        "192.0.2.7",
+        "https",
+        "curl/8",  # the last header wins
+    )
+    assert record.traceparent == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    describe_principal(record, PRINCIPAL)
+    note_stage(record, "token", 1.0)
+    assert record.scopes == ("openid", "patient/*.rs")
+    assert [stage[:2] for stage in record.stages] == [("token", 1.0)]
+
+
+def test_without_telemetry_a_record_leaves_out_what_only_telemetry_uses() -> None:
+    record = start_record(SCOPE, "r1", telemetry=False)
+    assert (record.request_id, record.method, record.client_address) == ("r1", "GET", "192.0.2.7")
+    assert record.user_agent is record.scheme is record.traceparent is None
+    describe_principal(record, PRINCIPAL)
+    note_stage(record, "token", 1.0)
+    assert (record.client_id, record.subject, record.issuer) == ("app", "u1", "https://idp.example")
+    assert record.scopes == ()
+    assert record.stages == []

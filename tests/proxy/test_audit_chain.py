@@ -1,8 +1,9 @@
 """The hash-chained audit log: line format, round trip, tamper detection, reopening, concurrency.
 
-Events are hand-built AuditEvents in the proxy's BALP shape (``audit_event``, also used by the query and CLI
-tests). Tampering is done the way an attacker with write access to the file would: editing, deleting,
-swapping lines, recomputing hashes, forging checkpoints with a key of their own.
+Event records hold hand-built AuditEvents in the proxy's BALP shape (``audit_event``, also used by the query
+and CLI tests); request records (what the proxy writes) hold the entries of ``AuditRecord``s. Tampering is
+done the way an attacker with write access to the file would: editing, deleting, swapping lines, recomputing
+hashes, forging checkpoints with a key of their own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import io
 import os
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proxy.audit.balp import ObserverInfo, audit_events
 from proxy.audit.chain import (
     CHECKPOINT_CONTEXT,
     GENESIS,
@@ -31,8 +34,11 @@ from proxy.audit.chain import (
     canonical,
     read_events,
     record_hash,
+    record_kind,
     verify_chain,
 )
+from proxy.audit.entry import request_entry
+from proxy.audit.record import AuditRecord, Decision
 
 KEY = b"test-audit-key-0123456789abcdef"
 OTHER_KEY = b"attacker-key-0123456789abcdefgh"
@@ -167,8 +173,10 @@ def rechain(items: list[dict[str, Any]], *, checkpoints: str | bytes = "keep") -
                 item["mac"] = hmac.new(checkpoints, payload, hashlib.sha256).hexdigest()
         else:
             seq += 1
-            digest = record_hash(seq, prev, canonical(item["event"]))
-            item = {"seq": seq, "prev": prev, "event": item["event"], "hash": digest}
+            kind = record_kind(item)
+            assert kind is not None
+            digest = record_hash(seq, prev, canonical(item[kind]), kind)
+            item = {"seq": seq, "prev": prev, kind: item[kind], "hash": digest}
             prev = digest
         out.append(dump(item))
     return out
@@ -251,6 +259,62 @@ def test_fsync_modes(log: Path, fsync: Any, interval: float) -> None:
         for n in range(3):
             writer.append(audit_event(n))
     assert verify_chain(log, key=KEY).ok
+
+
+def test_fsync_modes_sync_where_they_say(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with AuditChainWriter(log, key=KEY, fsync="always") as writer:
+        writer.append(audit_event(1))
+        assert synced == ["MainThread"]  # before append returned, in the caller's thread
+    synced.clear()
+    with AuditChainWriter(log, key=KEY, fsync="interval", fsync_interval=0.0) as writer:
+        writer.append(audit_event(2))
+        writer.append(audit_event(3))
+        deadline = time.monotonic() + 5
+        while "fhirwall-audit-fsync" not in synced and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "fhirwall-audit-fsync" in synced  # appending did not wait for the disk
+    assert synced[-1] == "MainThread"  # close() syncs once the background syncer is done
+    synced.clear()
+    with AuditChainWriter(log, key=KEY, fsync="interval", fsync_interval=3600.0) as writer:
+        writer.append(audit_event(4))
+        assert synced == []
+    assert synced == ["MainThread"]
+    assert verify_chain(log, key=KEY).records == 4
+
+
+def test_a_failed_background_fsync_stops_the_writer(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = threading.Event()
+
+    def broken(fd: int) -> None:
+        failed.set()
+        raise OSError(errno.EIO, "Input/output error")
+
+    writer = AuditChainWriter(log, key=KEY, fsync="interval", fsync_interval=0.0)
+    monkeypatch.setattr(os, "fsync", broken)
+    writer.append(audit_event(1))  # handed to the OS; the sync runs behind it
+    assert failed.wait(5)
+    refused: AuditLogError | None = None
+    deadline = time.monotonic() + 5
+    while refused is None and time.monotonic() < deadline:  # the next append after the failure refuses
+        try:
+            writer.append(audit_event(2))
+        except AuditLogError as exc:
+            refused = exc
+        time.sleep(0.01)
+    assert refused is not None
+    assert "failed earlier" in str(refused)
+    assert "fsync: Input/output error" in str(refused)
+    writer.close()
+    monkeypatch.undo()
+    assert verify_chain(log, key=KEY).ok  # what was written before the failure stays a valid chain
 
 
 def test_a_failed_write_stops_the_writer(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -599,3 +663,125 @@ def test_read_events_skips_a_line_still_being_written(log: Path) -> None:
     with log.open("ab") as file:
         file.write(b'{"seq":3,"prev":"')
     assert len(list(read_events(log))) == 2
+
+
+# -- request records ---------------------------------------------------------------------------------------
+
+OBSERVER = ObserverInfo(name="fhirwall-test", site="unit")
+
+
+def request_record(n: int) -> AuditRecord:
+    """Request ``n``: a read, or every third one a search touching three patients (three events)."""
+    search = n % 3 == 0
+    return AuditRecord(
+        request_id=f"req-{n}",
+        method="GET",
+        route="/Observation" if search else "/Patient/{id}",
+        interaction="search-type" if search else "read",
+        started=1_714_557_600 + n + 0.125,
+        resource_type="Observation" if search else "Patient",
+        resource_id=None if search else f"p{n}",
+        query="code=8867-4" if search else "",
+        status=200,
+        duration_ms=3.5,
+        decision=Decision.PERMIT,
+        client_id="ehr-app",
+        subject="user-1",
+        fhir_user="Practitioner/123",
+        issuer="https://idp.example.org",
+        patients={f"p{n}", f"q{n}", f"r{n}"} if search else {f"p{n}"},
+        client_address="10.0.0.1",
+    )
+
+
+def write_requests(path: Path, count: int, *, every: int = 3) -> list[dict[str, Any]]:
+    """Log ``count`` request records; returns their AuditEvents in order."""
+    events = []
+    with AuditChainWriter(path, key=KEY, checkpoint_every=every, fsync="never") as writer:
+        for n in range(1, count + 1):
+            record = request_record(n)
+            assert writer.append_request(request_entry(record, OBSERVER)) == n
+            events += audit_events(record, observer=OBSERVER)
+    return events
+
+
+def test_request_record_format_and_round_trip(log: Path) -> None:
+    events = write_requests(log, 5)
+    items = parsed(log)
+    records = [item for item in items if "seq" in item]
+    assert [item["seq"] for item in records] == [1, 2, 3, 4, 5]
+    prev = GENESIS
+    for n, item in enumerate(records, 1):
+        assert list(item) == ["seq", "prev", "request", "hash"]
+        assert item["request"] == orjson.loads(canonical(request_entry(request_record(n), OBSERVER)))
+        body = orjson.dumps(item["request"], option=orjson.OPT_SORT_KEYS)
+        assert body in log.read_bytes()  # the entry is stored as canonical JSON
+        assert item["hash"] == hashlib.sha256(f"{n}|{prev}|request|".encode() + body).hexdigest()
+        assert item["hash"] == record_hash(n, prev, body, "request") != record_hash(n, prev, body)
+        prev = item["hash"]
+    assert len(events) == 5 + 2  # request 3 is a search of three patients: three events
+    assert list(read_events(log)) == events
+    report = verify_chain(log, key=KEY)
+    assert (report.ok, report.records, report.checkpoints, report.warnings) == (True, 5, 2, [])
+
+
+def test_event_and_request_records_share_one_chain(log: Path) -> None:
+    with AuditChainWriter(log, key=KEY, checkpoint_every=2, fsync="never") as writer:
+        writer.append(audit_event(1))
+        writer.append_request(request_entry(request_record(1), OBSERVER))
+        writer.append(audit_event(2))
+    assert list(read_events(log)) == [
+        audit_event(1),
+        *audit_events(request_record(1), observer=OBSERVER),
+        audit_event(2),
+    ]
+    assert verify_chain(log, key=KEY).ok
+    with AuditChainWriter(log, key=KEY) as writer:  # reopening verifies the tail, both kinds
+        assert writer.append_request(request_entry(request_record(2), OBSERVER)) == 4
+    assert verify_chain(log, key=KEY).records == 4
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "swap", "relabel", "rechain"])
+def test_tampered_request_records_are_detected(log: Path, tamper: str) -> None:
+    write_requests(log, 5)
+    lines = lines_of(log)  # records at lines 1-3, 5-6; checkpoints at lines 4 and 7
+    if tamper == "edit":
+        lines[1] = lines[1].replace(b'"decision":"permit"', b'"decision":"deny"')
+    elif tamper == "delete":
+        del lines[1]
+    elif tamper == "swap":
+        lines[0], lines[1] = lines[1], lines[0]
+    elif tamper == "relabel":  # the same content passed off as an event record
+        lines[1] = lines[1].replace(b'"request":', b'"event":')
+    else:  # edited, every later hash recomputed: only the signed checkpoints can tell
+        items = parsed(log)
+        items[1]["request"]["patients"] = ["someone-else"]
+        lines = rechain(items, checkpoints="move")
+    write_lines(log, lines)
+    assert verify_chain(log, key=None).ok is (tamper == "rechain")  # the chain alone is consistent again
+    report = verify_chain(log, key=KEY)
+    assert not report.ok
+    first = {
+        "edit": "line 2: hash does not match the record's content (the record was edited)",
+        "delete": "line 2: seq 3 where 2 was expected",
+        "swap": "line 1: the log starts at seq 2",
+        "relabel": "line 2: hash does not match the record's content (the record was edited)",
+        "rechain": "line 4: checkpoint mac is not valid",
+    }[tamper]
+    assert report.problems[0].startswith(first)
+
+
+def test_a_request_record_that_cannot_be_read(log: Path) -> None:
+    with AuditChainWriter(log, key=KEY, fsync="never") as writer:
+        writer.append_request(request_entry(request_record(1), OBSERVER))
+        writer.append_request({"request_id": "r-2", "bogus": True})
+    report = verify_chain(log, key=KEY)  # the chain is intact, but what it holds is not an entry
+    assert report.problems == [
+        "line 2: the request record's entry cannot be read (unknown request entry field(s): bogus)"
+    ]
+    with AuditChainWriter(log, key=KEY) as writer:  # the writer only checks the chain it continues
+        assert writer.seq == 2
+    events = read_events(log)
+    assert next(events)["resourceType"] == "AuditEvent"
+    with pytest.raises(AuditLogError, match=r"line 2: unknown request entry field\(s\): bogus"):
+        next(events)

@@ -2,8 +2,8 @@
 
 The endpoint (``FakeAuditServer``) is a small Starlette app served by uvicorn in a thread; tests switch it
 between answering, failing (500, 429, 401) and being down (no listener on its port), and make it reject
-chosen AuditEvents. The log is a real ``AuditChainWriter`` file holding BALP AuditEvents built from
-``AuditRecord``s.
+chosen AuditEvents. The log is a real ``AuditChainWriter`` file holding request records (the entries of
+``AuditRecord``s, as the audit trail writes them), whose BALP AuditEvents the delivery makes and ships.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from proxy.audit.delivery import (
     AuditDeliveryError,
     DeliverySettings,
 )
+from proxy.audit.entry import request_entry
 from proxy.audit.record import AuditRecord
 from tests.conftest import free_port
 from tests.threaded_server import ThreadedServer
@@ -166,11 +167,10 @@ def server() -> Iterator[FakeAuditServer]:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def make_events(count: int, start: int = 0) -> list[dict[str, Any]]:
-    """``count`` BALP AuditEvents (one read per record), request ids ``req-<n>``."""
-    events = []
-    for n in range(start, start + count):
-        record = AuditRecord(
+def make_records(count: int, start: int = 0) -> list[AuditRecord]:
+    """``count`` reads (one AuditEvent each), request ids ``req-<n>``."""
+    return [
+        AuditRecord(
             request_id=f"req-{n:05d}",
             method="GET",
             route="/Patient/{id}",
@@ -185,13 +185,42 @@ def make_events(count: int, start: int = 0) -> list[dict[str, Any]]:
             subject="user-1",
             patients={f"p{n % 7}"},
         )
-        events += audit_events(record, observer=OBSERVER)
-    return events
+        for n in range(start, start + count)
+    ]
 
 
-def write_log(path: Path, events: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+def make_search(n: int, patients: int) -> AuditRecord:
+    """A search touching ``patients`` patients: that many AuditEvents from one record."""
+    return AuditRecord(
+        request_id=f"search-{n:05d}",
+        method="GET",
+        route="/Observation",
+        interaction="search-type",
+        started=1_700_000_000 + n,
+        resource_type="Observation",
+        query="code=8867-4",
+        client_address="10.0.0.1",
+        status=200,
+        decision="permit",
+        client_id="unit-app",
+        subject="user-1",
+        patients={f"p{n}-{k}" for k in range(patients)},
+    )
+
+
+def events_of(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    """The BALP AuditEvents of the records, in order."""
+    return [event for record in records for event in audit_events(record, observer=OBSERVER)]
+
+
+def append(writer: AuditChainWriter, record: AuditRecord) -> int:
+    """What the audit trail does for one request."""
+    return writer.append_request(request_entry(record, OBSERVER))
+
+
+def write_log(path: Path, records: list[AuditRecord], **kwargs: Any) -> list[int]:
     with AuditChainWriter(path, key=KEY, fsync="never", **kwargs) as writer:
-        return [writer.append(event) for event in events]
+        return [append(writer, record) for record in records]
 
 
 def settings(url: str, **overrides: Any) -> DeliverySettings:
@@ -255,8 +284,9 @@ def test_delivers_in_order_in_batches_and_persists_the_cursor(
     server: FakeAuditServer, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(250)
-    write_log(log, events)
+    records = make_records(250)
+    events = events_of(records)
+    write_log(log, records)
 
     async def main() -> None:
         delivery = AuditDelivery(log, settings(server.url))
@@ -280,8 +310,9 @@ def test_delivers_in_order_in_batches_and_persists_the_cursor(
 
 def test_batch_size_one_puts_each_event(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(5)
-    write_log(log, events)
+    records = make_records(5)
+    events = events_of(records)
+    write_log(log, records)
 
     async def main() -> None:
         delivery = AuditDelivery(log, settings(server.url, batch_size=1))
@@ -298,15 +329,16 @@ def test_notify_wakes_the_delivery_for_records_appended_while_running(
     server: FakeAuditServer, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(30)
+    records = make_records(30)
+    events = events_of(records)
 
     async def main() -> None:
         with AuditChainWriter(log, key=KEY, fsync="never") as writer:
             delivery = AuditDelivery(log, settings(server.url))
             await delivery.start()
             for start in range(0, 30, 10):
-                for event in events[start : start + 10]:
-                    delivery.notify(writer.append(event))
+                for record in records[start : start + 10]:
+                    delivery.notify(append(writer, record))
                 # woken by notify, well before the idle poll (1 s) would have found them
                 await wait_until(lambda: delivery.backlog == 0, within=0.5)
             await delivery.stop()
@@ -317,7 +349,7 @@ def test_notify_wakes_the_delivery_for_records_appended_while_running(
 
 def test_resumes_from_the_cursor_after_a_restart(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    first, second = make_events(40), make_events(15, start=40)
+    first, second = make_records(40), make_records(15, start=40)
 
     async def deliver_all() -> None:
         delivery = AuditDelivery(log, settings(server.url, batch_size=16))
@@ -326,13 +358,13 @@ def test_resumes_from_the_cursor_after_a_restart(server: FakeAuditServer, tmp_pa
         await delivery.stop()
 
     with AuditChainWriter(log, key=KEY, fsync="never", checkpoint_every=7) as writer:
-        for event in first:
-            writer.append(event)
+        for record in first:
+            append(writer, record)
         run(deliver_all)
-        for event in second:
-            writer.append(event)
+        for record in second:
+            append(writer, record)
     run(deliver_all)  # a new process: resumes at seq 40, across checkpoint lines
-    assert server.store.writes == ids(first + second)
+    assert server.store.writes == ids(events_of(first + second))
     assert set(server.store.versions.values()) == {1}  # nothing sent twice
     assert cursor_seq(log) == 55
 
@@ -341,8 +373,9 @@ def test_a_lost_cursor_update_resends_with_the_same_ids(server: FakeAuditServer,
     """At-least-once: a crash after the server confirmed but before the cursor was saved resends the
     records, under the same ids (one resource each; this server counts the versions)."""
     log = tmp_path / "audit.jsonl"
-    events = make_events(10)
-    write_log(log, events)
+    records = make_records(10)
+    events = events_of(records)
+    write_log(log, records)
     cursor = log.with_name(log.name + ".cursor")
 
     async def deliver_all() -> None:
@@ -375,7 +408,7 @@ def test_a_cursor_that_does_not_match_the_log_refuses_to_start(
     server: FakeAuditServer, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    write_log(log, make_events(5))
+    write_log(log, make_records(5))
 
     async def deliver_all() -> None:
         delivery = AuditDelivery(log, settings(server.url))
@@ -385,7 +418,7 @@ def test_a_cursor_that_does_not_match_the_log_refuses_to_start(
 
     run(deliver_all)
     log.rename(tmp_path / "old.jsonl")
-    write_log(log, make_events(3, start=100))  # a new log in its place, the old cursor left behind
+    write_log(log, make_records(3, start=100))  # a new log in its place, the old cursor left behind
     with pytest.raises(AuditDeliveryError, match="not there"):
         run(deliver_all)
     (tmp_path / "audit.jsonl.cursor").write_text("{not json")
@@ -393,7 +426,7 @@ def test_a_cursor_that_does_not_match_the_log_refuses_to_start(
         run(deliver_all)
     (tmp_path / "audit.jsonl.cursor").unlink()
     run(deliver_all)  # without a cursor the new log is delivered from its start
-    assert server.store.writes[-3:] == ids(make_events(3, start=100))
+    assert server.store.writes[-3:] == ids(events_of(make_records(3, start=100)))
 
 
 # -- outages and failures ----------------------------------------------------------------------------------
@@ -401,8 +434,9 @@ def test_a_cursor_that_does_not_match_the_log_refuses_to_start(
 
 def test_outage_500_then_recovery_delivers_everything_once(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(20)
-    write_log(log, events)
+    records = make_records(20)
+    events = events_of(records)
+    write_log(log, records)
     server.store.mode = "500"
 
     async def main() -> None:
@@ -424,8 +458,9 @@ def test_outage_500_then_recovery_delivers_everything_once(server: FakeAuditServ
 
 def test_connection_refused_then_server_comes_up(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(12)
-    write_log(log, events)
+    records = make_records(12)
+    events = events_of(records)
+    write_log(log, records)
     server = FakeAuditServer()  # not listening yet
 
     async def main() -> None:
@@ -450,8 +485,9 @@ def test_throttling_and_auth_failures_are_retried_never_dead_lettered(
     server: FakeAuditServer, tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(6)
-    write_log(log, events)
+    records = make_records(6)
+    events = events_of(records)
+    write_log(log, records)
     server.store.mode = mode
 
     async def main() -> None:
@@ -476,8 +512,9 @@ def test_partially_failed_batch_is_retried_from_its_first_failed_entry(
     server: FakeAuditServer, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(10)
-    write_log(log, events)
+    records = make_records(10)
+    events = events_of(records)
+    write_log(log, records)
     server.store.fail_once = {events[3]["id"], events[6]["id"]}
     cursors: list[int] = []
 
@@ -502,8 +539,9 @@ def test_poison_record_goes_to_the_dead_letter_file_and_delivery_moves_on(
     server: FakeAuditServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(8)
-    write_log(log, events)
+    records = make_records(8)
+    events = events_of(records)
+    write_log(log, records)
     poison = events[2]["id"]
     server.store.reject = {poison}
 
@@ -529,8 +567,9 @@ def test_poison_record_goes_to_the_dead_letter_file_and_delivery_moves_on(
 
 def test_a_refused_batch_is_split_to_find_the_poison_record(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(6)
-    write_log(log, events)
+    records = make_records(6)
+    events = events_of(records)
+    write_log(log, records)
     server.store.reject = {events[4]["id"]}
     server.store.refuse_batches_with_rejects = True
 
@@ -551,8 +590,10 @@ def test_a_record_that_is_not_an_audit_event_is_dead_lettered_without_sending(
     server: FakeAuditServer, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(3)
-    write_log(log, [events[0], {"resourceType": "AuditEvent", "id": "bad/id"}, events[2]])
+    events = events_of(make_records(3))
+    with AuditChainWriter(log, key=KEY, fsync="never") as writer:  # event records, as they are
+        for event in [events[0], {"resourceType": "AuditEvent", "id": "bad/id"}, events[2]]:
+            writer.append(event)
 
     async def main() -> None:
         delivery = AuditDelivery(log, settings(server.url))
@@ -564,6 +605,115 @@ def test_a_record_that_is_not_an_audit_event_is_dead_lettered_without_sending(
     assert server.store.writes == [events[0]["id"], events[2]["id"]]
     letters = (tmp_path / "audit.jsonl.dead-letter.jsonl").read_bytes().splitlines()
     assert orjson.loads(letters[0])["seq"] == 2
+
+
+def test_a_request_record_that_cannot_be_read_is_dead_lettered(
+    server: FakeAuditServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    records = make_records(2)
+    with AuditChainWriter(log, key=KEY, fsync="never") as writer:
+        append(writer, records[0])
+        writer.append_request({"request_id": "r-x", "bogus": 1})  # chained, but no entry of this version
+        append(writer, records[1])
+
+    async def main() -> None:
+        delivery = AuditDelivery(log, settings(server.url), key=KEY)
+        await delivery.start()
+        await wait_until(lambda: delivery.backlog == 0)
+        assert delivery.status().dead_letters == 1
+        await delivery.stop()
+
+    with caplog.at_level(logging.ERROR, logger="fhirwall.audit.delivery"):
+        run(main)
+    assert server.store.writes == ids(events_of(records))
+    (letter,) = [
+        orjson.loads(line) for line in (tmp_path / "audit.jsonl.dead-letter.jsonl").read_bytes().splitlines()
+    ]
+    assert (letter["seq"], letter["id"], letter["request"]) == (2, None, {"request_id": "r-x", "bogus": 1})
+    assert "cannot be read (unknown request entry field(s): bogus)" in letter["reason"]
+    assert any("seq 2 id ?" in record.message for record in caplog.records)
+
+
+# -- records with several events ---------------------------------------------------------------------------
+
+
+def test_every_event_of_a_record_is_delivered_in_order_batches_never_exceed_batch_size(
+    server: FakeAuditServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    records = [*make_records(1), make_search(1, 5), *make_records(1, start=2), make_search(3, 3)]
+    events = events_of(records)
+    assert len(events) == 10
+    write_log(log, records, checkpoint_every=3)
+
+    async def main() -> None:
+        delivery = AuditDelivery(log, settings(server.url, batch_size=4), key=KEY)
+        await delivery.start()
+        assert delivery.backlog == 4  # records, not events
+        await wait_until(lambda: delivery.backlog == 0)
+        await delivery.stop()
+        status = delivery.status()
+        assert (status.delivered_seq, status.delivered_events) == (4, 10)
+
+    run(main)
+    assert server.store.writes == ids(events)
+    sizes = [entries for method, entries in server.store.requests if method == "POST"]
+    assert sum(sizes) == 10
+    assert max(sizes) == 4
+    assert set(server.store.versions.values()) == {1}
+    assert cursor_seq(log) == 4
+
+
+def test_the_cursor_passes_a_record_only_when_all_its_events_are_done(
+    server: FakeAuditServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    records = [*make_records(2), make_search(2, 4), *make_records(1, start=3)]
+    events = events_of(records)  # seq 3 holds events 2-5
+    write_log(log, records)
+    server.store.fail_once = {events[4]["id"]}  # the search's third event
+    cursors: list[int] = []
+
+    async def main() -> None:
+        options = {"batch_size": 10, "retry_initial_seconds": 0.5, "retry_max_seconds": 0.5}
+        delivery = AuditDelivery(log, settings(server.url, **options))
+        await delivery.start()
+        await wait_until(lambda: delivery.status().failed_attempts >= 1)
+        cursors.append(delivery.delivered_seq)
+        await wait_until(lambda: delivery.backlog == 0)
+        await delivery.stop()
+
+    run(main)
+    assert cursors == [2]  # before the search: two of its events were confirmed, one was not
+    assert server.store.requests == [("POST", 7), ("POST", 1)]  # only the failed entry is sent again
+    assert sorted(server.store.writes) == sorted(ids(events))
+    assert set(server.store.versions.values()) == {1}
+    assert cursor_seq(log) == 4
+
+
+def test_a_lost_cursor_update_resends_every_event_of_the_record_under_the_same_ids(
+    server: FakeAuditServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    records = [*make_records(1), make_search(1, 3)]
+    events = events_of(records)
+    write_log(log, records)
+
+    async def deliver_all() -> None:
+        delivery = AuditDelivery(log, settings(server.url))
+        await delivery.start()
+        await wait_until(lambda: delivery.backlog == 0)
+        await delivery.stop()
+
+    run(deliver_all)
+    assert cursor_seq(log) == 2
+    first_line = log.read_bytes().splitlines(keepends=True)[0]
+    rewound = {"seq": 1, "hash": orjson.loads(first_line)["hash"], "start": 0, "end": len(first_line)}
+    log.with_name(log.name + ".cursor").write_bytes(orjson.dumps(rewound))  # the last save was lost
+    run(deliver_all)
+    assert server.store.writes == ids(events) + ids(events[1:])
+    assert sorted(server.store.resources) == sorted(ids(events))
 
 
 # -- tampering ---------------------------------------------------------------------------------------------
@@ -581,11 +731,12 @@ def test_an_edited_record_stops_delivery_before_it(
     server: FakeAuditServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(20)
-    write_log(log, events, checkpoint_every=1000)
+    records = make_records(20)
+    events = events_of(records)
+    write_log(log, records, checkpoint_every=1000)
 
     def edit(item: dict[str, Any]) -> None:
-        item["event"]["outcome"] = "4"
+        item["request"]["status"] = 404
 
     _rewrite_line(log, 10, edit)  # seq 11
 
@@ -615,8 +766,7 @@ def test_a_rewritten_chain_is_caught_by_the_checkpoint_signature(
     """An attacker edits record 3 and recomputes every later hash: the chain verifies, the signed
     checkpoint after record 5 does not (the delivery holds the log key)."""
     log = tmp_path / "audit.jsonl"
-    events = make_events(8)
-    write_log(log, events, checkpoint_every=5)
+    write_log(log, make_records(8), checkpoint_every=5)
     lines = log.read_bytes().splitlines(keepends=True)
     prev = orjson.loads(lines[1])["hash"]
     forged = []
@@ -626,10 +776,10 @@ def test_a_rewritten_chain_is_caught_by_the_checkpoint_signature(
             item["hash"] = prev  # keep the checkpoint consistent with the forged chain
         else:
             if item["seq"] == 3:
-                item["event"]["outcome"] = "8"
+                item["request"]["status"] = 500
             if item["seq"] >= 3:
                 item["prev"] = prev
-                item["hash"] = record_hash(item["seq"], prev, canonical(item["event"]))
+                item["hash"] = record_hash(item["seq"], prev, canonical(item["request"]), "request")
             prev = item["hash"]
         forged.append(orjson.dumps(item) + b"\n")
     log.write_bytes(b"".join(forged))
@@ -654,8 +804,9 @@ def test_records_before_a_valid_checkpoint_are_delivered_with_the_key(
     server: FakeAuditServer, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(12)
-    write_log(log, events, checkpoint_every=4)  # checkpoints after 4, 8 and 12
+    records = make_records(12)
+    events = events_of(records)
+    write_log(log, records, checkpoint_every=4)  # checkpoints after 4, 8 and 12
 
     def forge(item: dict[str, Any]) -> None:
         item["mac"] = "0" * 64
@@ -675,7 +826,7 @@ def test_records_before_a_valid_checkpoint_are_delivered_with_the_key(
 
 def test_a_truncated_log_under_the_cursor_is_refused(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    write_log(log, make_events(6))
+    write_log(log, make_records(6))
 
     async def main() -> None:
         delivery = AuditDelivery(log, settings(server.url))
@@ -692,14 +843,15 @@ def test_a_truncated_log_under_the_cursor_is_refused(server: FakeAuditServer, tm
 
 def test_a_half_written_last_line_waits_for_its_end(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(3)
-    write_log(log, events[:2])
+    records = make_records(3)
+    events = events_of(records)
+    write_log(log, records[:2])
     prev = orjson.loads(log.read_bytes().splitlines()[-1])["hash"]
-    body = canonical(events[2])
-    line = b'{"seq":3,"prev":"%s","event":%s,"hash":"%s"}\n' % (
+    body = canonical(request_entry(records[2], OBSERVER))
+    line = b'{"seq":3,"prev":"%s","request":%s,"hash":"%s"}\n' % (
         prev.encode(),
         body,
-        record_hash(3, prev, body).encode(),
+        record_hash(3, prev, body, "request").encode(),
     )
 
     async def main() -> None:
@@ -733,11 +885,11 @@ def test_back_pressure_refuse(server: FakeAuditServer, tmp_path: Path) -> None:
         with AuditChainWriter(log, key=KEY, fsync="never") as writer:
             delivery = AuditDelivery(log, settings(server.url, max_backlog=5))
             await delivery.start()
-            for event in make_events(4):
+            for record in make_records(4):
                 await delivery.admit()
-                delivery.notify(writer.append(event))
+                delivery.notify(append(writer, record))
             await delivery.admit()  # 4 < 5
-            delivery.notify(writer.append(make_events(1, start=4)[0]))
+            delivery.notify(append(writer, make_records(1, start=4)[0]))
             assert delivery.backlog == 5
             with pytest.raises(AuditBacklogFullError) as refused:
                 await delivery.admit()
@@ -764,8 +916,8 @@ def test_back_pressure_block_waits_for_room_or_times_out(server: FakeAuditServer
             options = {"max_backlog": 3, "on_backlog_full": "block", "block_timeout_seconds": 0.3}
             delivery = AuditDelivery(log, settings(server.url, **options))
             await delivery.start()
-            for event in make_events(3):
-                delivery.notify(writer.append(event))
+            for record in make_records(3):
+                delivery.notify(append(writer, record))
             started = time.monotonic()
             with pytest.raises(AuditBacklogFullError):
                 await delivery.admit()
@@ -790,7 +942,7 @@ def test_back_pressure_block_waits_for_room_or_times_out(server: FakeAuditServer
 def test_file_target_appends_delivered_events_and_resumes(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     out = tmp_path / "delivered.jsonl"
-    first, second = make_events(7), make_events(5, start=7)
+    first, second = make_records(7), make_records(5, start=7)
     write_log(log, first)
     options = DeliverySettings(target="file", file=out, batch_size=3)
 
@@ -804,21 +956,22 @@ def test_file_target_appends_delivered_events_and_resumes(tmp_path: Path) -> Non
     write_log(log, second)
     run(main)
     delivered = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-    assert delivered == first + second
+    assert delivered == events_of(first + second)
     assert os.stat(out).st_mode & 0o077 == 0
     assert cursor_seq(log) == 12
 
 
 def test_stop_drains_what_is_in_the_log(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    events = make_events(120)
+    records = make_records(120)
+    events = events_of(records)
 
     async def main() -> None:
         with AuditChainWriter(log, key=KEY, fsync="never") as writer:
             delivery = AuditDelivery(log, settings(server.url, batch_size=10))
             await delivery.start()
-            for event in events:
-                writer.append(event)  # no notify: stop() still drains everything in the file
+            for record in records:
+                append(writer, record)  # no notify: stop() still drains everything in the file
             await delivery.stop()
             assert delivery.backlog == 0
 
@@ -828,7 +981,7 @@ def test_stop_drains_what_is_in_the_log(server: FakeAuditServer, tmp_path: Path)
 
 def test_stop_gives_up_after_the_drain_timeout(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    write_log(log, make_events(4))
+    write_log(log, make_records(4))
     down = FakeAuditServer()  # never started
 
     async def main() -> None:
