@@ -442,8 +442,9 @@ def isolation_row(upstream_base: str) -> Row:
         "roles": ["clinician"],
         "organization": BENCH_WARD,
     }
-    policy = Path(tempfile.mkdtemp(prefix="fhirwall-bench-")) / "access-policy.yaml"
-    policy.write_text(ISOLATION_POLICY)
+    folder = Path(tempfile.mkdtemp(prefix="fhirwall-bench-"))
+    policy = folder / "access-policy.yaml"
+    policy.write_text(ISOLATION_POLICY + f"revocation: {{file: {folder / 'revocations.jsonl'}}}\n")
     env = {"FHIRWALL_ACCESS__POLICY_FILE": str(policy)}
     return secured_row(
         "fhirwall-isolation",
@@ -694,7 +695,8 @@ def print_goals(goals: list[Json]) -> None:
     print(
         "\nTargets: fhirwall (no policy) throughput >= 60 % of passthrough and p50 <= 1.5x; "
         "fhirwall-policy (patient token) >= 45 %; fhirwall-consent (same token, consent on) >= 40 %; "
-        "fhirwall-masking (consent + Safe Harbor) >= 35 %; fhirwall-audit >= 90 % of fhirwall-consent"
+        "fhirwall-masking (consent + Safe Harbor) >= 35 %; fhirwall-isolation (access policy, department "
+        "isolation) >= 35 %; fhirwall-audit >= 90 % of fhirwall-consent"
     )
     for g in goals:
         if g["request"] == "*":
