@@ -418,7 +418,9 @@ def masking_row(upstream_base: str, patient_id: str) -> Row:
 
 
 def audit_row(upstream_base: str, patient_id: str) -> Row:
-    """fhirwall-consent plus the audit trail: BALP AuditEvents in the hash-chained local log."""
+    """fhirwall-consent plus the audit trail: a request record per request in the hash-chained local log
+    (fsync policy ``BENCH_AUDIT_FSYNC``, default interval). ``BENCH_AUDIT_DELIVERY=file`` also delivers the
+    BALP AuditEvents made from the log to a local file (the delivery's share of the cost)."""
     claims = {"client_id": "bench-app", "scope": "launch/patient patient/*.rs", "patient": patient_id}
     folder = Path(tempfile.mkdtemp(prefix="fhirwall-bench-audit-"))
     env = {
@@ -427,6 +429,9 @@ def audit_row(upstream_base: str, patient_id: str) -> Row:
         "BENCH_AUDIT_KEY": "bench-audit-checkpoint-key",
         "FHIRWALL_AUDIT__FSYNC": os.environ.get("BENCH_AUDIT_FSYNC", "interval"),
     }
+    if os.environ.get("BENCH_AUDIT_DELIVERY") == "file":
+        env["FHIRWALL_AUDIT__DELIVERY__TARGET"] = "file"
+        env["FHIRWALL_AUDIT__DELIVERY__FILE"] = str(folder / "delivered.jsonl")
     return secured_row(
         "fhirwall-audit", upstream_base, GOAL_CONSENT_MIN_RPS_RATIO, claims, consent=True, extra_env=env
     )
