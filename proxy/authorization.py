@@ -23,7 +23,7 @@ from proxy.policy.decision import AccessDecision, ResponseCheck
 from proxy.policy.smart import check_current, decide, decide_entries
 from proxy.upstream import BufferedResponse, Upstream
 
-__all__ = ["FetchCurrent", "authorize"]
+__all__ = ["FetchCurrent", "authorize", "pin_version", "stored_resource"]
 
 FetchCurrent = Callable[[ProxyCall, Upstream], Awaitable[BufferedResponse]]
 
@@ -69,20 +69,33 @@ def _apply_narrowing(call: ProxyCall, decision: AccessDecision) -> None:
 
 
 async def _check_current(call: ProxyCall, view: AccessView, upstream: Upstream, fetch: FetchCurrent) -> None:
-    request = call.request
+    current = await stored_resource(call, upstream, fetch)
+    if current is None:
+        return
+    check_current(view, call.request, current)
+    if call.request.interaction is Interaction.PATCH:
+        check_patch_result(view, current, call.body, call.document)
+    if call.request.interaction is not Interaction.OPERATION:
+        pin_version(call, current)
+
+
+async def stored_resource(call: ProxyCall, upstream: Upstream, fetch: FetchCurrent) -> dict[str, Any] | None:
+    """The stored resource a request changes, for checks before it is forwarded; None for an update that
+    creates (nothing is stored yet: the new content was checked already). 404 when it does not exist."""
     answer = await fetch(call, upstream)
     if answer.status in (404, 410):
-        if request.interaction is Interaction.UPDATE:
-            return  # update as create: the new content was checked already
+        if call.request.interaction is Interaction.UPDATE:
+            return None
         raise NotFoundError()
     if answer.status != 200:
         raise InvalidUpstreamResponseError("the stored resource could not be fetched for the access check")
-    current = _resource(answer.body)
-    check_current(view, request, current)
-    if request.interaction is Interaction.PATCH:
-        check_patch_result(view, current, call.body, call.document)
+    return _resource(answer.body)
+
+
+def pin_version(call: ProxyCall, current: dict[str, Any]) -> None:
+    """Send ``If-Match`` with the checked version, so the version checked is the one changed."""
     version = (current.get("meta") or {}).get("versionId")
-    if request.interaction is not Interaction.OPERATION and version and "if-match" not in call.headers:
+    if version and "if-match" not in call.headers:
         call.header_overrides["if-match"] = f'W/"{version}"'
 
 

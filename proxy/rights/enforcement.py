@@ -13,9 +13,9 @@ from typing import Any
 import jsonpatch
 import orjson
 
-from proxy.authorization import FetchCurrent
+from proxy.authorization import FetchCurrent, pin_version, stored_resource
 from proxy.call import ProxyCall
-from proxy.errors import InvalidRequestError, InvalidUpstreamResponseError, NotFoundError
+from proxy.errors import InvalidRequestError, NotFoundError
 from proxy.fhir.bundle import classify_entries
 from proxy.fhir.documents import decode_resource_head
 from proxy.fhir.request import FhirRequest, Interaction
@@ -71,20 +71,13 @@ async def _check_stored(
         raise PolicyDeniedError(
             "conditional update, patch and delete are only available to roles unrestricted on the type"
         )
-    answer = await fetch(call, upstream)
-    if answer.status in (404, 410):
-        if request.interaction is Interaction.UPDATE:
-            return  # update as create: the new content was checked already
-        raise NotFoundError()
-    if answer.status != 200:
-        raise InvalidUpstreamResponseError("the stored resource could not be fetched for the access check")
-    current = _resource(answer.body)
+    current = await stored_resource(call, upstream, fetch)
+    if current is None:
+        return
     await rights.check_written(current, operation)
     if request.interaction is Interaction.PATCH:
         await rights.check_written(_patched(current, call), operation)
-    version = (current.get("meta") or {}).get("versionId")
-    if version and "if-match" not in call.headers:
-        call.header_overrides["if-match"] = f'W/"{version}"'
+    pin_version(call, current)
 
 
 def _patched(current: dict[str, Any], call: ProxyCall) -> dict[str, Any]:
@@ -161,13 +154,3 @@ def searched_patient(request: FhirRequest) -> tuple[str, str] | None:
     if patient is None and "/" not in value and "," not in value and ("patient", value) in request.params:
         patient = value  # patient=<id> names a Patient
     return (resource_type, patient) if patient else None
-
-
-def _resource(body: bytes) -> dict[str, Any]:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidUpstreamResponseError("the stored resource is not valid JSON") from exc
-    if not isinstance(document, dict):
-        raise InvalidUpstreamResponseError("the stored resource is not a FHIR resource")
-    return document
