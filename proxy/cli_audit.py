@@ -1,7 +1,9 @@
 """The audit commands of ``fhirwall``: ``audit verify``, ``audit query`` and ``audit report``.
 
 ``verify`` exits 0 when the log verifies, 1 when it was tampered with (or is damaged), 2 on usage and
-configuration problems (``ConfigError``, as every ``fhirwall`` command). ``query`` and ``report`` read the log
+configuration problems (``ConfigError``, as every ``fhirwall`` command). Each takes several logs (one per
+worker process): ``verify`` checks and reports each file's chain on its own (exit 1 when any fails),
+``query`` and ``report`` merge their events by recorded time. ``query`` and ``report`` read the log
 without verifying it (run ``verify`` for that) and exit 1 when a line cannot be read.
 """
 
@@ -20,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from masking.keys import KeySource
-from proxy.audit.chain import GENESIS, MIN_KEY_BYTES, AuditLogError, VerifyingKey, read_events, verify_chain
+from proxy.audit.chain import GENESIS, MIN_KEY_BYTES, AuditLogError, VerifyingKey, verify_chain
+from proxy.audit.files import log_files, merged_events
 from proxy.audit.query import (
     AccessLine,
     client_of,
@@ -37,6 +40,7 @@ from proxy.settings import ConfigError
 __all__ = ["add_audit_commands"]
 
 _PEM_PUBLIC = b"-----BEGIN PUBLIC KEY-----"
+_FILES_HELP = "the audit logs (JSON lines): files or quoted glob patterns, e.g. one per worker"
 
 
 def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +50,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     actions = audit.add_subparsers(title="audit commands")
 
     verify = actions.add_parser("verify", help="check the hash chain and the signed checkpoints")
-    verify.add_argument("file", type=Path, help="the audit log (JSON lines)")
+    verify.add_argument("file", type=Path, nargs="+", help=_FILES_HELP)
     keys = verify.add_mutually_exclusive_group()
     keys.add_argument("--key-env", metavar="VAR", help="environment variable holding the checkpoint key")
     keys.add_argument(
@@ -63,7 +67,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     verify.set_defaults(handler=_verify)
 
     query = actions.add_parser("query", help="list the AuditEvents matching filters")
-    query.add_argument("file", type=Path, help="the audit log (JSON lines)")
+    query.add_argument("file", type=Path, nargs="+", help=_FILES_HELP)
     query.add_argument("--patient", metavar="ID", help="patient id (or Patient/ID)")
     query.add_argument("--user", metavar="REF", help="user reference (Practitioner/123) or identifier")
     query.add_argument("--client", metavar="ID", help="client application id")
@@ -77,7 +81,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     query.set_defaults(handler=_query)
 
     report = actions.add_parser("report", help="who accessed a patient's data")
-    report.add_argument("file", type=Path, help="the audit log (JSON lines)")
+    report.add_argument("file", type=Path, nargs="+", help=_FILES_HELP)
     report.add_argument("--patient", metavar="ID", required=True, help="patient id (or Patient/ID)")
     report.add_argument("--format", choices=["table", "json"], default="table")
     report.set_defaults(handler=_report)
@@ -95,9 +99,18 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
 
 
 def _verify(args: argparse.Namespace) -> int:
-    path = _log_file(args.file)
+    paths = log_files(args.file)
     key = _key(args, os.environ)
     first_prev = _first_prev(args.first_prev)
+    results = [_verify_file(path, key, first_prev) for path in paths]
+    if len(paths) > 1:
+        failed = results.count(False)
+        print(f"{len(paths)} log(s): {'all OK' if not failed else f'{failed} TAMPERED OR DAMAGED'}")
+    return 0 if all(results) else 1
+
+
+def _verify_file(path: Path, key: VerifyingKey | None, first_prev: str | None) -> bool:
+    """Verify one log's chain and print its report; whether it verified."""
     try:
         report = verify_chain(path, key=key, first_prev=first_prev)
     except OSError as exc:
@@ -110,7 +123,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"  problem: {problem}")
     for warning in report.warnings:
         print(f"  warning: {warning}")
-    return 0 if report.ok else 1
+    return report.ok
 
 
 def _key(args: argparse.Namespace, environ: Mapping[str, str]) -> VerifyingKey | None:
@@ -163,11 +176,11 @@ def _first_prev(text: str | None) -> str | None:
 
 
 def _query(args: argparse.Namespace) -> int:
-    path = _log_file(args.file)
+    paths = log_files(args.file)
     since = _instant("--since", args.since)
     until = _instant("--until", args.until)
     selected = select(
-        read_events(path),
+        merged_events(paths),
         patient=args.patient,
         user=args.user,
         client=args.client,
@@ -195,9 +208,9 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    path = _log_file(args.file)
+    paths = log_files(args.file)
     try:
-        lines = patient_access_report(read_events(path), args.patient)
+        lines = patient_access_report(merged_events(paths), args.patient)
     except (AuditLogError, OSError) as error:
         print(f"fhirwall audit report: {_message(error)}", file=sys.stderr)
         return 1
@@ -225,12 +238,6 @@ def _report(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _log_file(path: Path) -> Path:
-    if not path.is_file():
-        raise ConfigError([("file", f"no audit log file {path}")])
-    return path
 
 
 def _instant(flag: str, text: str | None) -> datetime | None:

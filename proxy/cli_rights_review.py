@@ -13,7 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from proxy.audit.chain import AuditLogError, read_events
+from proxy.audit.chain import AuditLogError
+from proxy.audit.files import log_files, merged_events
 from proxy.rights.model import AccessPolicy, AccessPolicyError, load_access_policy
 from proxy.rights.review import AccessReview, access_review, review_json, review_text
 from proxy.settings import ConfigError
@@ -29,7 +30,14 @@ def add_review_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "access-review",
         help="roles, used and unused rights, dormant accounts and denials for the periodic access review",
     )
-    review.add_argument("--log", type=Path, required=True, metavar="AUDIT_LOG", help="the audit log")
+    review.add_argument(
+        "--log",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="AUDIT_LOG",
+        help="the audit logs: files or quoted glob patterns (one per worker)",
+    )
     review.add_argument("--policy", type=Path, required=True, metavar="POLICY", help="the access-policy file")
     review.add_argument(
         "--from", dest="start", metavar="ISO", help=f"period start (default: {DEFAULT_DAYS} days before --to)"
@@ -78,16 +86,15 @@ def _policy(path: Path) -> AccessPolicy:
 
 
 def _review(
-    path: Path, policy: AccessPolicy, start: datetime, end: datetime, dormant_days: int
+    names: list[Path], policy: AccessPolicy, start: datetime, end: datetime, dormant_days: int
 ) -> AccessReview:
-    if not path.is_file():
-        raise ConfigError([("--log", f"no audit log file {path}")])
+    paths = log_files(names, "--log")
     try:
-        return access_review(read_events(path), policy, start, end, dormant_days=dormant_days)
+        return access_review(merged_events(paths), policy, start, end, dormant_days=dormant_days)
     except AuditLogError as error:
         raise ConfigError([("--log", str(error))]) from None
     except OSError as error:
-        raise ConfigError([("--log", f"cannot read {path}: {error.strerror}")]) from None
+        raise ConfigError([("--log", f"cannot read {error.filename}: {error.strerror}")]) from None
 
 
 def _render(review: AccessReview, form: str) -> str:

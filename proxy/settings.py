@@ -14,7 +14,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from masking.keys import KeySource
 from proxy.audit.alerts import AlertSettings
@@ -673,7 +681,12 @@ class AuditSettings(_Model):
     """The audit trail: BALP AuditEvents for every request in a local hash-chained log."""
 
     log_file: Path | None = Field(
-        None, description="Append-only, hash-chained audit log (JSON lines); unset = off."
+        None,
+        description=(
+            "Append-only, hash-chained audit log (JSON lines); unset = off. With server.workers > 1 each "
+            "worker writes its own log, <stem>.<slot><suffix> (audit.jsonl: audit.0.jsonl, audit.1.jsonl, "
+            "...), holding slot <log>.slot-<slot>.lock while it runs; `fhirwall audit` reads several files."
+        ),
     )
     log_key_env: str | None = Field(
         None, description="Env var with the key that signs the log's checkpoints (required with log_file)."
@@ -696,6 +709,13 @@ class AuditSettings(_Model):
     delivery: AuditDeliverySettings = Field(
         default_factory=AuditDeliverySettings, description="Delivery of the logged AuditEvents elsewhere."
     )
+
+    _workers: int = PrivateAttr(1)
+
+    @property
+    def workers(self) -> int:
+        """The worker processes that write logs named by ``log_file`` (``server.workers``)."""
+        return self._workers
 
     @model_validator(mode="after")
     def _key_with_file(self) -> AuditSettings:
@@ -873,9 +893,16 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _check_audit(self) -> Settings:
-        if self.audit.log_file is not None and self.server.workers > 1:
+        self.audit._workers = self.server.workers  # several workers: one log (and delivery) per worker
+        delivery = self.audit.delivery
+        explicit = [
+            name for name in ("cursor_file", "dead_letter_file") if getattr(delivery, name) is not None
+        ]
+        if self.server.workers > 1 and delivery.enabled and explicit:
             raise ValueError(
-                "audit.log_file takes one writer: run with server.workers 1 (one log per worker next)"
+                f"audit.delivery.{' and '.join(explicit)} name one file, but with server.workers > 1 each "
+                "worker delivers its own log and needs its own; leave them unset (they follow each "
+                "worker's log: <log>.cursor, <log>.dead-letter.jsonl)"
             )
         return self
 

@@ -97,6 +97,7 @@ import orjson
 
 from proxy.audit.chain import VerifyingKey, _Checker, canonical, record_hash, record_kind
 from proxy.audit.entry import EntryError, entry_events
+from proxy.audit.slots import claimed_log
 from proxy.errors import ProxyError
 from proxy.settings import AuditDeliverySettings as DeliverySettings
 from proxy.upstream.credentials import UpstreamCredentials, credentials_for
@@ -555,8 +556,10 @@ class AuditDelivery:
 
     ``start()``/``stop()`` run it as an asyncio task; ``notify(seq)`` after each append wakes it;
     ``admit()`` applies back-pressure. ``key`` (the log key, or an Ed25519 public key) also verifies the
-    checkpoint signatures while reading. ``http`` is used for the audit server when given (its TLS and
-    timeouts then apply, and it is not closed here); otherwise a client is built from ``settings``.
+    checkpoint signatures while reading. When this process claimed a per-worker log for ``log_path``
+    (``proxy.audit.slots``), that log is delivered, with its own cursor and dead-letter files. ``http`` is
+    used for the audit server when given (its TLS and timeouts then apply, and it is not closed here);
+    otherwise a client is built from ``settings``.
     """
 
     def __init__(
@@ -569,6 +572,7 @@ class AuditDelivery:
     ) -> None:
         if not settings.enabled:
             raise ValueError("audit delivery is not enabled (target none)")
+        log_path = claimed_log(log_path)  # this worker's own log when several workers run
         self.log_path = log_path
         self.settings = settings
         self.cursor_path = settings.cursor_file or log_path.with_name(log_path.name + ".cursor")

@@ -6,6 +6,9 @@
 (delivery, ``fhirwall audit query`` and ``report``), not while the client waits. If the log cannot be
 written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request nobody could audit;
 ``continue`` serves it and logs the failure loudly.
+
+With several worker processes (``AuditSettings.workers``) each one writes its own log, named by the slot it
+claims (``proxy.audit.slots``): ``audit.jsonl`` becomes ``audit.0.jsonl``, ``audit.1.jsonl``, ...
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import httpx
 
@@ -23,6 +27,7 @@ from proxy.audit.balp import ObserverInfo
 from proxy.audit.chain import AuditChainWriter, AuditLogError
 from proxy.audit.entry import request_entry
 from proxy.audit.record import AuditRecord
+from proxy.audit.slots import LogSlot, claim_slot
 from proxy.audit.telemetry import Telemetry
 from proxy.errors import ProxyError
 from proxy.settings import AuditSettings, ConfigError
@@ -55,9 +60,12 @@ class AuditUnavailableError(ProxyError):
 class AuditTrail:
     """Appends each request's record to the local chained log (its AuditEvents are made when it is read)."""
 
-    def __init__(self, settings: AuditSettings, writer: AuditChainWriter | None) -> None:
+    def __init__(
+        self, settings: AuditSettings, writer: AuditChainWriter | None, slot: LogSlot | None = None
+    ) -> None:
         self._settings = settings
         self._writer = writer
+        self._slot = slot
         self._observer = ObserverInfo(name=settings.observer_name, site=settings.site)
         self._alerts = AlertEngine(settings.alerts)
         self.telemetry: Telemetry | None = None
@@ -68,8 +76,23 @@ class AuditTrail:
 
     @classmethod
     def from_settings(cls, settings: AuditSettings, environ: Mapping[str, str] | None = None) -> AuditTrail:
-        """Open the log named by ``settings`` (``ConfigError`` when its key is missing)."""
-        return cls(settings, _open_writer(settings, environ) if settings.log_file is not None else None)
+        """Open the log named by ``settings``, or this worker's own log when several workers run
+        (``ConfigError`` when its key is missing or it cannot be opened)."""
+        if settings.log_file is None:
+            return cls(settings, None)
+        if settings.workers == 1:
+            return cls(settings, _open_writer(settings, settings.log_file, environ))
+        slot = _claim(settings.log_file)
+        try:
+            return cls(settings, _open_writer(settings, slot.path, environ), slot)
+        except BaseException:
+            slot.release()
+            raise
+
+    @property
+    def log_path(self) -> Path | None:
+        """The file this process writes (its worker's own log with several workers), or None."""
+        return None if self._writer is None else self._writer.path
 
     @staticmethod
     def signing_key(settings: AuditSettings, environ: Mapping[str, str] | None = None) -> bytes:
@@ -115,18 +138,28 @@ class AuditTrail:
 
     def close(self) -> None:
         """Write the final signed checkpoint, close the log and flush telemetry."""
-        if self._writer is not None:
-            self._writer.close()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            if self._slot is not None:
+                self._slot.release()
         if self.telemetry is not None:
             self.telemetry.shutdown()
 
 
-def _open_writer(settings: AuditSettings, environ: Mapping[str, str] | None) -> AuditChainWriter:
-    assert settings.log_file is not None
+def _claim(log_file: Path) -> LogSlot:
+    try:
+        return claim_slot(log_file)
+    except (AuditLogError, OSError) as exc:
+        raise ConfigError([("audit.log_file", f"cannot claim a per-worker audit log: {exc}")]) from None
+
+
+def _open_writer(settings: AuditSettings, path: Path, environ: Mapping[str, str] | None) -> AuditChainWriter:
     key = AuditTrail.signing_key(settings, environ)
     try:
         return AuditChainWriter(
-            settings.log_file,
+            path,
             key=key,
             checkpoint_every=settings.checkpoint_every,
             fsync=settings.fsync,
