@@ -51,6 +51,7 @@ from proxy.errors import (
     UnsupportedMediaTypeError,
 )
 from proxy.fhir.bundle import classify_entries
+from proxy.fhir.compartment import PATIENT_COMPARTMENT_TYPES
 from proxy.fhir.documents import InvalidDocumentError, ResourceHead, decode_resource_head
 from proxy.fhir.media import (
     FHIR_JSON_TYPES,
@@ -60,7 +61,7 @@ from proxy.fhir.media import (
     check_format_param,
     media_type,
 )
-from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query
+from proxy.fhir.request import FhirRequest, Interaction, classify, parse_query, searched_patient
 from proxy.fhir.urls import BaseUrlRewriter, to_upstream
 from proxy.headers import check_refused_headers, forwardable_request_headers, forwardable_response_headers
 from proxy.limits import RateLimiter, client_address
@@ -69,6 +70,7 @@ from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.decision import AccessDecision, ResponseCheck
+from proxy.policy.fast_bundle import fast_patient_searchset
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
 from proxy.reidentify import Reidentifier, is_reidentify
@@ -447,15 +449,17 @@ class FhirEndpoint:
             body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
             if call.rights is not None:
                 body, _withheld = await answer_body(call.rights, call.rights_operation, body, call.request)
+            patient = call.view.principal.patient if proven else None
             if self.consent_gate is not None:
-                patient = call.view.principal.patient if proven else None
                 started = time.time()
+                if patient is None:
+                    body, patient = _one_patient_searchset(call.request, body)
                 body = await self._consent_checked(call, call.view.principal, body, patient)
                 note_stage(call.audit, "consent", started)
             if call.rights is not None:
                 await self._approve_answer(call, body)
             if call.audit is not None:
-                self._note_patients(call.audit, body, call.view.principal.patient if proven else None)
+                self._note_patients(call.audit, body, patient)
         else:
             head = _check_upstream_json(answer)
             if call.view is not None and head.resourceType != "OperationOutcome":
@@ -652,6 +656,16 @@ def _check_resource_body(request: FhirRequest, document: dict[str, Any]) -> Fhir
     if interaction is Interaction.UPDATE and request.id is not None and document.get("id") != request.id:
         raise InvalidRequestError("the resource id in the body does not match the URL")
     return request
+
+
+def _one_patient_searchset(request: FhirRequest, body: bytes) -> tuple[bytes, str | None]:
+    """A search for one patient's resources of one type whose every entry provably names that patient: the
+    body without its total (consent may withhold entries on other pages) and the patient; else unchanged."""
+    searched = searched_patient(request)
+    if searched is None or searched[0] not in PATIENT_COMPARTMENT_TYPES:
+        return body, None
+    proven = fast_patient_searchset(body, searched[0], searched[1], None, total_allowed=False)
+    return (body, None) if proven is None else (proven, searched[1])
 
 
 def _check_upstream_json(answer: BufferedResponse) -> ResourceHead:

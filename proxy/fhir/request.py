@@ -20,7 +20,7 @@ from proxy.errors import (
 )
 from proxy.fhir.resource_types import R4_RESOURCE_TYPES, is_valid_id, is_valid_operation_name, looks_like_type
 
-__all__ = ["Compartment", "FhirRequest", "Interaction", "classify", "parse_query"]
+__all__ = ["Compartment", "FhirRequest", "Interaction", "classify", "parse_query", "searched_patient"]
 
 MAX_PATH_LENGTH = 2048
 
@@ -264,3 +264,23 @@ def _instance_history(
         vid = _id(rest[0])
         return FhirRequest(Interaction.VREAD, method, resource_type, rid, version_id=vid, params=params)
     raise NotFoundError()
+
+
+def searched_patient(request: FhirRequest) -> tuple[str, str] | None:
+    """``(type, patient id)`` when the request searches one type for exactly one patient."""
+    resource_type = request.resource_type
+    if resource_type is None or any(key.startswith(("_include", "_revinclude")) for key, _ in request.params):
+        return None
+    compartment = request.compartment
+    if request.interaction is Interaction.SEARCH_COMPARTMENT and compartment is not None:
+        return (resource_type, compartment.id) if compartment.resource_type == "Patient" else None
+    if request.interaction is not Interaction.SEARCH_TYPE:
+        return None
+    named = {value for key, value in request.params if key in ("patient", "subject")}
+    if len(named) != 1:
+        return None
+    value = named.pop()
+    patient = value.removeprefix("Patient/") if value.startswith("Patient/") else None
+    if patient is None and "/" not in value and "," not in value and ("patient", value) in request.params:
+        patient = value  # patient=<id> names a Patient
+    return (resource_type, patient) if patient else None

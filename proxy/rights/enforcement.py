@@ -18,13 +18,13 @@ from proxy.call import ProxyCall
 from proxy.errors import InvalidRequestError, NotFoundError
 from proxy.fhir.bundle import classify_entries
 from proxy.fhir.documents import decode_resource_head
-from proxy.fhir.request import FhirRequest, Interaction
+from proxy.fhir.request import FhirRequest, Interaction, searched_patient
 from proxy.rights.errors import PolicyDeniedError
 from proxy.rights.gate import RightsView
 from proxy.rights.operations import operation_of, response_operations
 from proxy.upstream import Upstream
 
-__all__ = ["answer_body", "authorize_rights", "searched_patient"]
+__all__ = ["answer_body", "authorize_rights"]
 
 _WRITES_DOCUMENT = frozenset({Interaction.CREATE, Interaction.UPDATE})
 _CHANGES_STORED = frozenset({Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE})
@@ -134,23 +134,3 @@ async def answer_body(
         return await rights.filter_body(body, operations, searched_patient(request))
     await rights.check_resource(body, operations)
     return body, 0
-
-
-def searched_patient(request: FhirRequest) -> tuple[str, str] | None:
-    """``(type, patient id)`` when the request searches one type for exactly one patient."""
-    resource_type = request.resource_type
-    if resource_type is None or any(key.startswith(("_include", "_revinclude")) for key, _ in request.params):
-        return None
-    compartment = request.compartment
-    if request.interaction is Interaction.SEARCH_COMPARTMENT and compartment is not None:
-        return (resource_type, compartment.id) if compartment.resource_type == "Patient" else None
-    if request.interaction is not Interaction.SEARCH_TYPE:
-        return None
-    named = {value for key, value in request.params if key in ("patient", "subject")}
-    if len(named) != 1:
-        return None
-    value = named.pop()
-    patient = value.removeprefix("Patient/") if value.startswith("Patient/") else None
-    if patient is None and "/" not in value and "," not in value and ("patient", value) in request.params:
-        patient = value  # patient=<id> names a Patient
-    return (resource_type, patient) if patient else None

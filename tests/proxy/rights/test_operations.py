@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.fhir.request import classify
-from proxy.rights.enforcement import searched_patient
+from proxy.fhir.request import classify, searched_patient
 from proxy.rights.operations import operation_of, response_operations
 
 
