@@ -37,7 +37,7 @@ from proxy.audit.query import (
 )
 from proxy.settings import ConfigError
 
-__all__ = ["add_audit_commands"]
+__all__ = ["add_audit_commands", "instant_argument"]
 
 _PEM_PUBLIC = b"-----BEGIN PUBLIC KEY-----"
 _FILES_HELP = "the audit logs (JSON lines): files or quoted glob patterns, e.g. one per worker"
@@ -177,8 +177,8 @@ def _first_prev(text: str | None) -> str | None:
 
 def _query(args: argparse.Namespace) -> int:
     paths = log_files(args.file)
-    since = _instant("--since", args.since)
-    until = _instant("--until", args.until)
+    since = instant_argument("--since", args.since)
+    until = instant_argument("--until", args.until)
     selected = select(
         merged_events(paths),
         patient=args.patient,
@@ -240,7 +240,8 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _instant(flag: str, text: str | None) -> datetime | None:
+def instant_argument(flag: str, text: str | None) -> datetime | None:
+    """An ISO 8601 date or instant given on the command line (UTC when it has no zone); None when absent."""
     if text is None:
         return None
     try:

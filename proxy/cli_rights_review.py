@@ -15,6 +15,7 @@ import orjson
 
 from proxy.audit.chain import AuditLogError
 from proxy.audit.files import log_files, merged_events
+from proxy.cli_audit import instant_argument
 from proxy.rights.model import AccessPolicy, AccessPolicyError, load_access_policy
 from proxy.rights.review import AccessReview, access_review, review_json, review_text
 from proxy.settings import ConfigError
@@ -56,8 +57,8 @@ def add_review_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _access_review(args: argparse.Namespace) -> int:
-    end = _instant("--to", args.end) or datetime.now(UTC)
-    start = _instant("--from", args.start) or end - timedelta(days=DEFAULT_DAYS)
+    end = instant_argument("--to", args.end) or datetime.now(UTC)
+    start = instant_argument("--from", args.start) or end - timedelta(days=DEFAULT_DAYS)
     if start >= end:
         raise ConfigError([("--from", "the period must start before it ends (--to)")])
     if args.dormant_days < 1:
@@ -66,16 +67,6 @@ def _access_review(args: argparse.Namespace) -> int:
     review = _review(args.log, policy, start, end, args.dormant_days)
     _emit(_render(review, args.format), args.output)
     return 0
-
-
-def _instant(flag: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError([(flag, f"expected an ISO 8601 date or instant, got {text!r}")]) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _policy(path: Path) -> AccessPolicy:
