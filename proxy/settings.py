@@ -599,6 +599,24 @@ class AuditDeliverySettings(_Model):
     dead_letter_file: Path | None = Field(
         None, description="Records the server rejected for good; default: <log>.dead-letter.jsonl."
     )
+    spool: Literal["log", "redis"] = Field(
+        "log",
+        description="Where delivery reads the records from. log: this replica's local hash-chained log "
+        "(needs a persistent volume). redis: each request's entry is also appended to the Redis stream "
+        "fhirwall:audit:spool before the answer goes out (on_failure: refuse answers 503 when Redis cannot "
+        "take it) and every replica delivers from it through one consumer group, acknowledging an entry "
+        "only once the target confirmed it; the local log stays the tamper-evident record. Needs redis.url "
+        "and a target. Durable only as far as Redis is: run it with appendonly yes (AOF, appendfsync "
+        "everysec or always) and no eviction (maxmemory-policy noeviction); max_backlog counts the "
+        "stream's undelivered entries. The append waits at most 1 s; after a failure requests are refused "
+        "at once for 1 s.",
+    )
+    claim_idle_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="spool redis: seconds an entry may stay unacknowledged by the replica that read it "
+        "before another replica claims and delivers it (a replica that died).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -613,6 +631,8 @@ class AuditDeliverySettings(_Model):
             raise ValueError("audit.delivery.target file needs audit.delivery.file")
         if self.retry_max_seconds < self.retry_initial_seconds:
             raise ValueError("retry_max_seconds must not be less than retry_initial_seconds")
+        if self.spool == "redis" and self.target == "none":
+            raise ValueError("audit.delivery.spool redis needs a delivery target (fhir or file)")
         return self
 
     @property

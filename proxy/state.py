@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
 from consent.store import CachedConsentStore, FhirConsentStore
 from proxy.audit.delivery import AuditDelivery, AuditDeliveryError
+from proxy.audit.redis_spool import RedisSpoolDelivery, RedisSpoolWriter
 from proxy.audit.telemetry import Telemetry
 from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator, build_authenticator
@@ -120,12 +121,22 @@ class ProxyState:
             self.audit.telemetry = Telemetry.from_settings(audit.telemetry)
         if audit.delivery.enabled:
             assert audit.log_file is not None
-            key = AuditTrail.signing_key(audit)
-            self.audit_delivery = AuditDelivery(audit.log_file, audit.delivery, key=key)
+            self.audit_delivery = self._build_audit_delivery(audit.log_file)
             self.audit.on_append = self.audit_delivery.notify
             if self.audit.telemetry is not None:
                 delivery = self.audit_delivery
                 self.audit.telemetry.set_backlog_source(lambda: delivery.backlog)
+
+    def _build_audit_delivery(self, log_file: Path) -> AuditDelivery:
+        """Delivery from the local log, or from the Redis spool (``audit.delivery.spool: redis``)."""
+        audit = self.settings.audit
+        if audit.delivery.spool == "log":
+            return AuditDelivery(log_file, audit.delivery, key=AuditTrail.signing_key(audit))
+        if self.redis is None or self.settings.redis.url is None:
+            raise ConfigError([("audit.delivery.spool", "the Redis spool needs redis.url")])
+        assert self.audit is not None
+        self.audit.spool = RedisSpoolWriter(self.settings.redis.url)
+        return RedisSpoolDelivery(log_file, audit.delivery, self.redis)
 
     def _build_rights(self, path: Path) -> None:
         policy = policy_from_settings(path)

@@ -651,6 +651,16 @@ class AuditDelivery:
             self._appended, position.seq, await asyncio.to_thread(_last_record_seq, self.log_path)
         )
         self._reader = _LogReader(self.log_path, position, self._checker)
+        self._start_task()
+        logger.info(
+            "audit delivery to %s started at seq %d (%d record(s) in the backlog)",
+            self._target_name(),
+            position.seq,
+            self.backlog,
+        )
+
+    def _start_task(self) -> None:
+        """Open the sender (HTTP client, credentials) and start the background task."""
         self._pending = []
         if self.settings.target == "fhir":
             self._http = self._given_http or _build_client(self.settings)
@@ -665,12 +675,6 @@ class AuditDelivery:
         self._progress = asyncio.Event()
         self._state = "idle"
         self._task = asyncio.create_task(self._run(), name="fhirwall-audit-delivery")
-        logger.info(
-            "audit delivery to %s started at seq %d (%d record(s) in the backlog)",
-            self._target_name(),
-            position.seq,
-            self.backlog,
-        )
 
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Deliver what the log holds for up to ``drain_seconds`` (``drain_timeout_seconds``), then stop."""
@@ -691,7 +695,7 @@ class AuditDelivery:
                 "audit delivery stopped with %d record(s) not yet delivered; they stay in %s and are "
                 "delivered after the next start",
                 self.backlog,
-                self.log_path,
+                self._source_name(),
             )
         finally:
             await self._close_resources()
@@ -751,17 +755,27 @@ class AuditDelivery:
             self._fail(f"{type(exc).__name__}: {exc}")
             logger.exception("audit delivery failed")
 
-    async def _loop_forever(self) -> None:
+    async def _read(self) -> list[_Pending]:
+        """The next events to deliver from the log (empty: nothing new, or the chain is broken)."""
         assert self._reader is not None
-        reader = self._reader
+        return await asyncio.to_thread(self._reader.read, self.settings.batch_size)
+
+    def _read_failed(self) -> bool:
+        """After an empty read: whether the source is broken for good (delivery then stops)."""
+        assert self._reader is not None
+        if self._reader.broken is None:
+            return False
+        self._broken_chain(self._reader.broken)
+        return True
+
+    async def _loop_forever(self) -> None:
         while True:
             try:
                 if not self._pending:
                     self._wake.clear()  # before reading: a notify from now on is not missed
-                    self._pending = await asyncio.to_thread(reader.read, self.settings.batch_size)
+                    self._pending = await self._read()
                     if not self._pending:
-                        if reader.broken is not None:
-                            self._broken_chain(reader.broken)
+                        if self._read_failed():
                             return
                         if self._stopping:
                             return
@@ -890,23 +904,32 @@ class AuditDelivery:
                 config=any(verdict.config for verdict in retry),
             )
 
-    async def _advance(self) -> None:
-        """Move the cursor over the leading records whose events are all done and persist it."""
+    def _done_count(self) -> int:
+        """How many leading pending events belong to records whose events are all done."""
         count = 0
         for index, pending in enumerate(self._pending):
             if not pending.done:
                 break
             if pending.last:
                 count = index + 1
+        return count
+
+    def _progressed(self, count: int) -> None:
+        """Forget the first ``count`` pending events (done) and wake blocked admissions."""
+        del self._pending[:count]
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _advance(self) -> None:
+        """Move the cursor over the leading records whose events are all done and persist it."""
+        count = self._done_count()
         if not count:
             return
         last = self._pending[count - 1]
         position = _Position(last.seq, last.hash, last.start, last.end)
         await asyncio.to_thread(_save_cursor, self.cursor_path, position, self.log_path)
         self._position = position
-        del self._pending[:count]
-        self._progress.set()
-        self._progress = asyncio.Event()
+        self._progressed(count)
 
     # -- HTTP ----------------------------------------------------------------------------------------
 
@@ -1029,6 +1052,9 @@ class AuditDelivery:
             )
         self._failures_in_row = 0
         self._last_error = None
+
+    def _source_name(self) -> str:
+        return str(self.log_path)
 
     def _target_name(self) -> str:
         return str(self.settings.file) if self.settings.target == "file" else str(self.settings.url)

@@ -5,7 +5,8 @@
 (``proxy.audit.chain``) as one request record, and the AuditEvents are made from it when the log is read
 (delivery, ``fhirwall audit query`` and ``report``), not while the client waits. If the log cannot be
 written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request nobody could audit;
-``continue`` serves it and logs the failure loudly.
+``continue`` serves it and logs the failure loudly. With ``audit.delivery.spool: redis`` the entry is also
+appended to the Redis spool (``proxy.audit.redis_spool``), under the same policy.
 
 With several worker processes (``AuditSettings.workers``) each one writes its own log, named by the slot it
 claims (``proxy.audit.slots``): ``audit.jsonl`` becomes ``audit.0.jsonl``, ``audit.1.jsonl``, ...
@@ -27,6 +28,7 @@ from proxy.audit.balp import ObserverInfo
 from proxy.audit.chain import AuditChainWriter, AuditLogError
 from proxy.audit.entry import request_entry
 from proxy.audit.record import AuditRecord
+from proxy.audit.redis_spool import RedisSpoolWriter
 from proxy.audit.slots import LogSlot, claim_slot
 from proxy.audit.telemetry import Telemetry
 from proxy.errors import ProxyError
@@ -73,6 +75,8 @@ class AuditTrail:
         self.on_append: Callable[[int], None] | None = None
         """Told the sequence number of the last record written (delivery wakes on it)."""
         self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self.spool: RedisSpoolWriter | None = None
+        """With ``audit.delivery.spool: redis``: each entry is also appended to the Redis spool."""
 
     @classmethod
     def from_settings(cls, settings: AuditSettings, environ: Mapping[str, str] | None = None) -> AuditTrail:
@@ -113,7 +117,10 @@ class AuditTrail:
         seq = 0
         try:
             if self._writer is not None:
-                seq = self._writer.append_request(request_entry(record, self._observer))
+                entry = request_entry(record, self._observer)
+                seq = self._writer.append_request(entry)
+                if self.spool is not None:
+                    self.spool.append(entry)
         except Exception:
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":
@@ -144,6 +151,8 @@ class AuditTrail:
         finally:
             if self._slot is not None:
                 self._slot.release()
+            if self.spool is not None:
+                self.spool.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
 
