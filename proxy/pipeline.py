@@ -148,7 +148,7 @@ class FhirEndpoint:
         finally:
             current_record.reset(token)
         if record is not None:
-            response = self._recorded(record, response)
+            response = await self._recorded(record, response)
         await response(scope, receive, send)
 
     async def _open_rights(self, call: ProxyCall, principal: Principal) -> None:
@@ -211,13 +211,16 @@ class FhirEndpoint:
             note_error(record, error)
         return outcome_response(error)
 
-    def _recorded(self, record: AuditRecord, response: Response) -> Response:
+    async def _recorded(self, record: AuditRecord, response: Response) -> Response:
         """Write the request's audit record before its answer goes out (503 if it cannot be written)."""
         assert self.audit is not None
         if not record.status:
             record.status = response.status_code
         try:
-            self.audit.submit(record)
+            if self.audit.spool is None:
+                self.audit.submit(record)
+            else:
+                await self.audit.submit_spooled(record)
         except ProxyError as error:
             return outcome_response(error)
         return response

@@ -135,7 +135,7 @@ class ProxyState:
         if self.redis is None or self.settings.redis.url is None:
             raise ConfigError([("audit.delivery.spool", "the Redis spool needs redis.url")])
         assert self.audit is not None
-        self.audit.spool = RedisSpoolWriter(self.settings.redis.url)
+        self.audit.spool = RedisSpoolWriter(self.redis)
         return RedisSpoolDelivery(log_file, audit.delivery, self.redis)
 
     def _build_rights(self, path: Path) -> None:

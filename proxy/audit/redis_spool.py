@@ -2,10 +2,10 @@
 persistent volumes.
 
 ``RedisSpoolWriter`` appends each request's entry (``proxy.audit.entry``) to the stream ``STREAM`` (field
-``entry``, its JSON; no MAXLEN: nothing is ever trimmed) while the audit trail records the request, before
-its answer goes out. The call is synchronous (the trail's ``submit`` is), bounded by a short socket timeout;
-after a failure the spool is treated as down for ``RETRY_AFTER_FAILURE_SECONDS`` so a Redis outage refuses
-requests at once instead of holding every one for the timeout.
+``entry``, its JSON; no MAXLEN: nothing is ever trimmed) after the local log has it and before the answer goes
+out. The call is awaited, bounded by ``APPEND_TIMEOUT_SECONDS``; after a failure the spool is treated as down
+for ``RETRY_AFTER_FAILURE_SECONDS``, so a Redis outage refuses requests at once instead of holding each one
+for the timeout.
 
 ``RedisSpoolDelivery`` is ``AuditDelivery`` with the stream as its source: every replica reads it through the
 consumer group ``GROUP`` (``XREADGROUP``: each entry goes to one replica), builds the entry's BALP
@@ -19,6 +19,7 @@ admission.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,7 +32,6 @@ from typing import Any, Final
 
 import httpx
 import orjson
-import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -56,24 +56,22 @@ class SpoolUnavailableError(Exception):
 
 
 class RedisSpoolWriter:
-    """Appends request entries to the spool stream (synchronously, before the answer goes out)."""
+    """Appends request entries to the spool stream (awaited, before the answer goes out)."""
 
-    def __init__(self, url: str, timeout: float = APPEND_TIMEOUT_SECONDS) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    def __init__(self, client: aioredis.Redis, timeout: float = APPEND_TIMEOUT_SECONDS) -> None:
+        self._client = client
+        self._timeout = timeout
         self._down_until = 0.0
 
-    def append(self, entry: Mapping[str, Any]) -> None:
-        """``XADD`` one entry; ``SpoolUnavailableError`` when Redis cannot take it."""
+    async def append(self, entry: Mapping[str, Any]) -> None:
+        """``XADD`` one entry; ``SpoolUnavailableError`` when Redis cannot take it in time."""
         if time.monotonic() < self._down_until:
             raise SpoolUnavailableError("the Redis audit spool failed moments ago")
         try:
-            self._client.xadd(STREAM, {FIELD: orjson.dumps(entry)})
-        except (RedisError, OSError) as exc:
+            await asyncio.wait_for(self._client.xadd(STREAM, {FIELD: orjson.dumps(entry)}), self._timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
             self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_SECONDS
             raise SpoolUnavailableError(f"the Redis audit spool failed: {type(exc).__name__}") from None
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class RedisSpoolDelivery(AuditDelivery):

@@ -26,7 +26,7 @@ import httpx
 from proxy.audit.alerts import Alert, AlertEngine
 from proxy.audit.balp import ObserverInfo
 from proxy.audit.chain import AuditChainWriter, AuditLogError
-from proxy.audit.entry import request_entry
+from proxy.audit.entry import Json, request_entry
 from proxy.audit.record import AuditRecord
 from proxy.audit.redis_spool import RedisSpoolWriter
 from proxy.audit.slots import LogSlot, claim_slot
@@ -109,19 +109,32 @@ class AuditTrail:
             )
         return key.encode()
 
-    def submit(self, record: AuditRecord) -> None:
-        """Record one request; ``AuditUnavailableError`` when it cannot be and the policy refuses."""
+    async def submit_spooled(self, record: AuditRecord) -> None:
+        """``submit``, then append the entry to the Redis spool when there is one (same failure policy)."""
+        entry = self.submit(record)
+        if entry is None or self.spool is None:
+            return
+        try:
+            await self.spool.append(entry)
+        except Exception:
+            logger.exception("the audit entry could not be appended to the Redis spool")
+            if self._settings.on_failure == "refuse":
+                raise AuditUnavailableError() from None
+
+    def submit(self, record: AuditRecord) -> Json | None:
+        """Record one request in the local log; ``AuditUnavailableError`` when it cannot be and the policy
+        refuses. Returns the entry written (None when there is no local log or it failed)."""
         record.duration_ms = max(0.0, (time.time() - record.started) * 1000)
         for alert in self._alerts.observe(record):
             self._raise_alert(record, alert)
         seq = 0
+        entry: Json | None = None
         try:
             if self._writer is not None:
                 entry = request_entry(record, self._observer)
                 seq = self._writer.append_request(entry)
-                if self.spool is not None:
-                    self.spool.append(entry)
         except Exception:
+            entry = None
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":
                 raise AuditUnavailableError() from None
@@ -130,6 +143,7 @@ class AuditTrail:
                 self.on_append(seq)
             if self.telemetry is not None:
                 self.telemetry.record(record)
+        return entry
 
     def _raise_alert(self, record: AuditRecord, alert: Alert) -> None:
         """Log the alert, keep it on the record (telemetry shows it) and post it to the webhook if any."""
@@ -151,8 +165,6 @@ class AuditTrail:
         finally:
             if self._slot is not None:
                 self._slot.release()
-            if self.spool is not None:
-                self.spool.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
 

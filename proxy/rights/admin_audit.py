@@ -8,10 +8,12 @@ that used them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 
+from proxy.audit.entry import Json
 from proxy.audit.record import AuditRecord, Decision
 from proxy.audit.trail import AuditTrail
 from proxy.errors import ProxyError
@@ -20,6 +22,18 @@ from proxy.rights.admin import AdminEvent
 __all__ = ["admin_auditor", "admin_record"]
 
 logger = logging.getLogger("fhirwall.rights")
+
+
+_spooling: set[asyncio.Task[None]] = set()
+
+
+async def _spool(trail: AuditTrail, entry: Json) -> None:
+    """Append an administrative action's entry to the Redis spool (a failure is logged: the action stands)."""
+    try:
+        assert trail.spool is not None
+        await trail.spool.append(entry)
+    except Exception:
+        logger.exception("an administrative action could not be appended to the Redis audit spool")
 
 
 def admin_record(event: AdminEvent) -> AuditRecord:
@@ -51,8 +65,13 @@ def admin_auditor(trail: AuditTrail) -> Callable[[AdminEvent], None]:
 
     def record(event: AdminEvent) -> None:
         try:
-            trail.submit(admin_record(event))
+            entry = trail.submit(admin_record(event))
         except ProxyError:
             logger.exception("an administrative action could not be written to the audit log")
+            return
+        if entry is not None and trail.spool is not None:
+            task = asyncio.get_running_loop().create_task(_spool(trail, entry))
+            _spooling.add(task)
+            task.add_done_callback(_spooling.discard)
 
     return record

@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
@@ -64,47 +63,73 @@ def test_the_redis_spool_needs_redis(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ProxyState(settings)
 
 
+def unreachable() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+
+
 def test_an_unreachable_spool_refuses_at_once() -> None:
-    writer = RedisSpoolWriter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
-    with pytest.raises(SpoolUnavailableError):
-        writer.append({"request_id": "r1"})
-    started = time.monotonic()
-    with pytest.raises(SpoolUnavailableError, match="moments ago"):
-        writer.append({"request_id": "r2"})
-    assert time.monotonic() - started < 0.1
-    writer.close()
+    async def scenario() -> None:
+        client = unreachable()
+        writer = RedisSpoolWriter(client, timeout=0.5)
+        with pytest.raises(SpoolUnavailableError):
+            await writer.append({"request_id": "r1"})
+        started = time.monotonic()
+        with pytest.raises(SpoolUnavailableError, match="moments ago"):
+            await writer.append({"request_id": "r2"})
+        assert time.monotonic() - started < 0.1
+        await client.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_the_trail_refuses_a_request_the_spool_cannot_take(tmp_path: Path) -> None:
-    settings = AuditSettings(log_file=tmp_path / "audit.jsonl", log_key_env=KEY_ENV)
-    trail = AuditTrail.from_settings(settings, environ={KEY_ENV: "k" * 40})
-    trail.spool = RedisSpoolWriter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
-    try:
-        with pytest.raises(AuditUnavailableError):
-            trail.submit(record("refused"))
-    finally:
-        trail.close()
+    async def scenario() -> None:
+        settings = AuditSettings(log_file=tmp_path / "audit.jsonl", log_key_env=KEY_ENV)
+        trail = AuditTrail.from_settings(settings, environ={KEY_ENV: "k" * 40})
+        client = unreachable()
+        trail.spool = RedisSpoolWriter(client, timeout=0.5)
+        try:
+            with pytest.raises(AuditUnavailableError):
+                await trail.submit_spooled(record("refused"))
+        finally:
+            trail.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_the_trail_appends_each_entry_to_the_stream(tmp_path: Path, redis_server: RedisServer) -> None:
-    settings = AuditSettings(log_file=tmp_path / "audit.jsonl", log_key_env=KEY_ENV)
-    trail = AuditTrail.from_settings(settings, environ={KEY_ENV: "k" * 40})
-    trail.spool = RedisSpoolWriter(redis_server.url)
-    try:
-        trail.submit(record("spooled"))
-    finally:
-        trail.close()
-    entries: Any = redis.Redis.from_url(redis_server.url).xrange(STREAM)
-    assert len(entries) == 1
-    assert orjson.loads(entries[0][1][b"entry"])["request_id"] == "spooled"
+    async def scenario() -> None:
+        settings = AuditSettings(log_file=tmp_path / "audit.jsonl", log_key_env=KEY_ENV)
+        trail = AuditTrail.from_settings(settings, environ={KEY_ENV: "k" * 40})
+        client = aioredis.Redis.from_url(redis_server.url)
+        trail.spool = RedisSpoolWriter(client)
+        try:
+            await trail.submit_spooled(record("spooled"))
+        finally:
+            trail.close()
+        entries: Any = await client.xrange(STREAM)
+        await client.aclose()
+        assert len(entries) == 1
+        assert orjson.loads(entries[0][1][b"entry"])["request_id"] == "spooled"
+
+    asyncio.run(scenario())
+
+
+async def _spool_entries(url: str, prefix: str, count: int, *, garbage: bool = False) -> None:
+    client = aioredis.Redis.from_url(url)
+    writer = RedisSpoolWriter(client)
+    for n in range(count):
+        await writer.append(request_entry(record(f"{prefix}-{n}"), OBSERVER))
+    if garbage:
+        await client.xadd(STREAM, {"entry": b"not json"})
+    await client.aclose()
 
 
 def test_delivery_from_the_stream_to_a_file(tmp_path: Path, redis_server: RedisServer) -> None:
-    writer = RedisSpoolWriter(redis_server.url)
-    for n in range(5):
-        writer.append(request_entry(record(f"file-{n}"), OBSERVER))
-    redis.Redis.from_url(redis_server.url).xadd(STREAM, {"entry": b"not json"})
-    writer.close()
+    asyncio.run(_spool_entries(redis_server.url, "file", 5, garbage=True))
     target = tmp_path / "events.jsonl"
     settings = DeliverySettings(target="file", file=target, batch_size=2)
     asyncio.run(_deliver(tmp_path / "audit.jsonl", settings, redis_server.url))
@@ -134,10 +159,7 @@ async def _deliver(log: Path, settings: DeliverySettings, url: str) -> None:
 
 
 def test_a_full_stream_refuses_admission(tmp_path: Path, redis_server: RedisServer) -> None:
-    writer = RedisSpoolWriter(redis_server.url)
-    for n in range(3):
-        writer.append(request_entry(record(f"full-{n}"), OBSERVER))
-    writer.close()
+    asyncio.run(_spool_entries(redis_server.url, "full", 3))
     settings = DeliverySettings(target="file", file=tmp_path / "events.jsonl", max_backlog=3)
     asyncio.run(_admit_when_full(tmp_path / "audit.jsonl", settings, redis_server.url))
 
