@@ -450,13 +450,15 @@ class FhirEndpoint:
             return fhir_response(answer.status, b"", headers)
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
             body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
-            if call.rights is not None:
-                body, _withheld = await answer_body(call.rights, call.rights_operation, body, call.request)
             patient = call.view.principal.patient if proven else None
+            if patient is None and (call.rights is not None or self.consent_gate is not None):
+                body, patient = _one_patient_searchset(call.request, body)  # proved once for both layers
+            if call.rights is not None:
+                resource_type = call.request.resource_type
+                one = (resource_type, patient) if resource_type and patient else None
+                body, _withheld = await answer_body(call.rights, call.rights_operation, body, one)
             if self.consent_gate is not None:
                 started = time.time()
-                if patient is None:
-                    body, patient = _one_patient_searchset(call.request, body)
                 body = await self._consent_checked(call, call.view.principal, body, patient)
                 note_stage(call.audit, "consent", started)
             if call.rights is not None:

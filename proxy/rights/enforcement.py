@@ -18,7 +18,7 @@ from proxy.call import ProxyCall
 from proxy.errors import InvalidRequestError, NotFoundError
 from proxy.fhir.bundle import classify_entries
 from proxy.fhir.documents import decode_resource_head
-from proxy.fhir.request import FhirRequest, Interaction, searched_patient
+from proxy.fhir.request import FhirRequest, Interaction
 from proxy.rights.errors import PolicyDeniedError
 from proxy.rights.gate import RightsView
 from proxy.rights.operations import operation_of, response_operations
@@ -124,13 +124,14 @@ async def _authorize_entry(rights: RightsView, request: FhirRequest, resource: A
 
 
 async def answer_body(
-    rights: RightsView, operation: str | None, body: bytes, request: FhirRequest
+    rights: RightsView, operation: str | None, body: bytes, proven: tuple[str, str] | None = None
 ) -> tuple[bytes, int]:
     """The answer as the policy lets the caller see it: Bundles filtered (count of dropped entries), one
-    resource refused when it may not be seen."""
+    resource refused when it may not be seen. ``proven``: ``(type, patient id)`` when every entry of the
+    Bundle is known to be of that type and that patient's."""
     operations = response_operations(operation or "read")
     head = decode_resource_head(body)
     if head.resourceType == "Bundle":
-        return await rights.filter_body(body, operations, searched_patient(request))
+        return await rights.filter_body(body, operations, proven)
     await rights.check_resource(body, operations)
     return body, 0

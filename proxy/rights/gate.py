@@ -20,8 +20,7 @@ import orjson
 
 from proxy.auth.principal import Principal
 from proxy.errors import NotFoundError
-from proxy.fhir.compartment import PATIENT_COMPARTMENT_TYPES, patient_references
-from proxy.policy.fast_bundle import fast_patient_searchset
+from proxy.fhir.compartment import patient_references
 from proxy.policy.filtering import filter_bundle, patients_of_entries
 from proxy.rights.approvals import ApprovalStore
 from proxy.rights.attributes import AttributeResolver, StaffAttributes
@@ -134,20 +133,18 @@ class RightsView:
         raise PolicyDeniedError("the resource is outside what the access policy lets the roles held see")
 
     async def filter_body(
-        self, body: bytes, operations: Iterable[str], searched: tuple[str, str] | None = None
+        self, body: bytes, operations: Iterable[str], proven: tuple[str, str] | None = None
     ) -> tuple[bytes, int]:
         """The Bundle without the entries the caller may not see, and how many were dropped (the total is
-        removed when anything could be dropped: other pages may hold withheld entries). ``searched``: the
-        request searched one type for one patient, ``(type, patient id)`` (proved from the body, then
-        decided once)."""
+        removed when anything could be dropped: other pages may hold withheld entries). ``proven``:
+        ``(type, patient id)`` when every entry is known to be of that type and that patient's, so one
+        decision covers them all."""
         ops = tuple(operations)
         if self.unrestricted_everywhere(ops):
             return body, 0
         slim = not self._conditions_apply(ops)
-        if slim and searched is not None:
-            proven = await self._one_patient(body, ops, *searched)
-            if proven is not None:
-                return proven, 0
+        if slim and proven is not None and await self._sees_all(ops, *proven):
+            return body, 0
         facts = await self._facts(patients_of_entries(body)) if self._isolation_applies(ops) else {}
 
         def visible(resource: dict[str, Any]) -> bool:
@@ -157,19 +154,11 @@ class RightsView:
         result = filter_bundle(body, visible, keep_total=False, seal_links=None, slim=slim)
         return result.body, result.dropped
 
-    async def _one_patient(
-        self, body: bytes, operations: tuple[str, ...], resource_type: str, patient: str
-    ) -> bytes | None:
-        """The body (without its total) when every entry is of ``resource_type``, names ``patient`` and
-        may be seen; None when that is not proven (the general path decides)."""
-        if resource_type not in PATIENT_COMPARTMENT_TYPES:
-            return None
-        proven = fast_patient_searchset(body, resource_type, patient, None, total_allowed=False)
-        if proven is None:
-            return None
+    async def _sees_all(self, operations: tuple[str, ...], resource_type: str, patient: str) -> bool:
+        """May the caller see any resource of ``resource_type`` of ``patient`` (no condition applies)?"""
         facts = await self._facts({patient})
         sample = {"resourceType": resource_type}
-        return proven if self._accepts(sample, operations, facts, patients={patient}) else None
+        return self._accepts(sample, operations, facts, patients={patient})
 
     def _accepts(
         self,

@@ -3,7 +3,6 @@ and configuration problems) and output."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 from collections.abc import Sequence
@@ -16,25 +15,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from proxy.audit.chain import AuditChainWriter
 from proxy.cli_audit import add_audit_commands
-from proxy.settings import ConfigError
+from tests.cli_runner import run_commands
 from tests.proxy.test_audit_chain import KEY, audit_event
 
 IDENTIFIED = {"system": "https://idp.example.org", "value": "nurse-7"}
 
 
 def run(argv: Sequence[str]) -> int:
-    """What ``proxy.cli.main`` does with the audit commands registered."""
-    parser = argparse.ArgumentParser(prog="fhirwall")
-    add_audit_commands(parser.add_subparsers(title="commands"))
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.handler(args)
-    except ConfigError as error:
-        print(f"configuration invalid: {len(error.problems)} problem(s)")
-        for path, message in error.problems:
-            print(f"  {path}: {message}")
-        return 2
-    return result
+    """What ``proxy.cli.main`` does with these commands registered."""
+    return run_commands(add_audit_commands, argv)
 
 
 @pytest.fixture

@@ -41,23 +41,11 @@ from proxy.limits.bucket import (
 )
 from proxy.limits.rules import KEY_PREFIX, identity_of, interaction_name, matches
 from proxy.settings import ConfigError, RateLimitQuota, RateLimitRule, RateLimitSettings, load_settings
+from tests.clock import Clock
 
 ISSUER = "https://idp.example.org"
 UPSTREAM = [{"name": "default", "url": "http://127.0.0.1:8090/fhir"}]
 DEV_AUTH = {"dev_issuer": {"enabled": True}}
-
-
-class Clock:
-    """Seconds since the epoch, moved by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def principal(

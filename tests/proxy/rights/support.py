@@ -35,19 +35,6 @@ def principal(
     )
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @asynccontextmanager
 async def redis_client(url: str) -> AsyncIterator[aioredis.Redis]:
     """A Redis client for one test, closed afterwards."""

@@ -22,8 +22,9 @@ from proxy.rights.approvals import (
 )
 from proxy.rights.errors import ApprovalRequiredError, RightsLookupError
 from proxy.rights.model import ApprovalSettings
+from tests.clock import Clock
 from tests.conftest import RedisServer
-from tests.proxy.rights.support import Clock, principal, redis_client
+from tests.proxy.rights.support import principal, redis_client
 
 SETTINGS = ApprovalSettings(default_minutes=30, max_minutes=120, request_minutes=600)
 REQUESTER = principal("analyst-1", client_id="research-app", fhir_user="Practitioner/analyst")

@@ -3,7 +3,6 @@ from the configuration, exit codes (0 done, 1 nothing to lift or store failure, 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import yaml
 from proxy.cli import main
 from proxy.cli_rights import _policy_from_settings, add_rights_commands
 from proxy.rights.revocation import FileRevocationStore, RedisRevocationStore, Revocation
-from proxy.settings import ConfigError
+from tests.cli_runner import run_commands
 from tests.conftest import RedisServer
 from tests.proxy.rights.support import redis_client
 
@@ -25,18 +24,8 @@ UPSTREAM = "http://127.0.0.1:9/fhir"
 
 
 def run(argv: Sequence[str]) -> int:
-    """What ``proxy.cli.main`` does with the rights commands registered."""
-    parser = argparse.ArgumentParser(prog="fhirwall")
-    add_rights_commands(parser.add_subparsers(title="commands"))
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.handler(args)
-    except ConfigError as error:
-        print(f"configuration invalid: {len(error.problems)} problem(s)")
-        for path, message in error.problems:
-            print(f"  {path}: {message}")
-        return 2
-    return result
+    """What ``proxy.cli.main`` does with these commands registered."""
+    return run_commands(add_rights_commands, argv)
 
 
 def policy_file(folder: Path, revocation_file: Path | None) -> Path:

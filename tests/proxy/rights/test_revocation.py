@@ -24,8 +24,9 @@ from proxy.rights.revocation import (
     RevocationList,
     RevocationStore,
 )
+from tests.clock import Clock
 from tests.conftest import RedisServer
-from tests.proxy.rights.support import Clock, principal, redis_client
+from tests.proxy.rights.support import principal, redis_client
 
 StoreFactory = Callable[[], AbstractAsyncContextManager[RevocationStore]]
 
