@@ -26,6 +26,7 @@ import orjson
 from masking.cache import ENTRY_OVERHEAD, CachedEntries, MaskCache
 from masking.engine import Walker
 from masking.methods.base import MaskContext
+from masking.rewrite import InputRewrite, rewritten
 from masking.stats import MaskStats
 
 __all__ = ["mask_bundle"]
@@ -69,9 +70,16 @@ class _Watched(MaskContext):
 
 
 def mask_bundle(
-    walker: Walker, body: bytes, stats: MaskStats, today: date, scope_key: str | None, cache: MaskCache
+    walker: Walker,
+    body: bytes,
+    stats: MaskStats,
+    today: date,
+    scope_key: str | None,
+    cache: MaskCache,
+    rewrite: InputRewrite | None = None,
 ) -> bytes | None:
-    """The masked Bundle ``body``, or None when the caller must mask the whole document instead."""
+    """The masked Bundle ``body`` (each part rewritten by ``rewrite`` before masking; a cached entry array
+    was rewritten when it was masked), or None when the caller must mask the whole document instead."""
     if b'"entry"' not in body:
         return None
     try:
@@ -86,9 +94,10 @@ def mask_bundle(
         if orjson.loads(memoryview(members["resourceType"])) != "Bundle":
             return None
         shell: dict[str, Any] = {
-            name: [] if name == _ENTRY else orjson.loads(memoryview(raw)) for name, raw in members.items()
+            name: [] if name == _ENTRY else orjson.loads(rewritten(bytes(raw), rewrite))
+            for name, raw in members.items()
         }
-        entries = _entries(walker, bytes(raw_entries), shell, own, today, scope_key, cache)
+        entries = _entries(walker, bytes(raw_entries), shell, own, today, scope_key, cache, rewrite)
         if entries is None:
             return None
         context = walker.bundle_context(shell, entries.patients, scope_key, today)
@@ -111,16 +120,17 @@ def _entries(
     today: date,
     scope_key: str | None,
     cache: MaskCache,
+    rewrite: InputRewrite | None,
 ) -> CachedEntries | None:
-    """The masked entry array: from the cache, else masked now and kept (None: not an array)."""
-    key = cache.entries_key(raw, today, scope_key)
+    """The masked entry array: from the cache, else rewritten, masked now and kept (None: not an array)."""
+    key = cache.entries_key(raw, today, scope_key, None if rewrite is None else rewrite.name)
     hit = cache.get_entries(key)
     if hit is not None and (
         hit.bound is None or hit.bound == _bound(walker.bundle_context(shell, hit.patients, scope_key, today))
     ):
         stats.merge(hit.stats)
         return hit
-    entries = orjson.loads(raw)
+    entries = orjson.loads(rewritten(raw, rewrite))
     if type(entries) is not list:
         return None
     patients = walker.bundle_patients(entries)

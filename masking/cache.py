@@ -31,8 +31,9 @@ __all__ = ["ENTRY_OVERHEAD", "CachedEntries", "CachedMask", "EntriesKey", "MaskC
 ENTRY_OVERHEAD = 512
 """Bytes counted per cached result beyond its JSON: key, stats, bookkeeping."""
 
-EntriesKey = tuple[int, str | None, bytes]
-"""A Bundle's entry array by content: (day ordinal, scope key, the array's bytes as sent)."""
+EntriesKey = tuple[int, str | None, str | None, bytes]
+"""A Bundle's entry array by content: (day ordinal, scope key, input rewrite name, the array's bytes as
+sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +85,10 @@ class MaskCache:
         return digest.digest()
 
     @staticmethod
-    def entries_key(raw: bytes, today: date, scope_key: str | None) -> EntriesKey:
-        """The key naming a masked entry array (the raw bytes themselves: no digest to compute)."""
-        return (today.toordinal(), scope_key, raw)
+    def entries_key(raw: bytes, today: date, scope_key: str | None, rewrite: str | None = None) -> EntriesKey:
+        """The key naming a masked entry array (the raw bytes themselves: no digest to compute), rewritten
+        before masking by the rewrite named ``rewrite`` if any."""
+        return (today.toordinal(), scope_key, rewrite, raw)
 
     def get(self, key: bytes) -> CachedMask | None:
         """The cached resource, refreshed as most recently used."""

@@ -32,6 +32,7 @@ from masking.methods.plugins import load_plugin_methods
 from masking.patients import patient_of
 from masking.plan import CompiledRule, Planner
 from masking.profile import Profile, ProfileError
+from masking.rewrite import InputRewrite, rewritten
 from masking.selectors import FastSelector, FhirPathSelector, SelectorError, parse_selector
 
 __all__ = ["DEFAULT_CACHE_BYTES", "CompiledProfile", "compile_profile"]
@@ -89,8 +90,16 @@ class CompiledProfile:
         self._cache = MaskCache(max_entries, max_bytes) if on else None
         return self._cache is not None
 
-    def mask_json(self, body: bytes, *, stats: MaskStats | None = None, today: date | None = None) -> bytes:
-        """Mask a serialized resource (or Bundle) and serialize the result, through the cache when on.
+    def mask_json(
+        self,
+        body: bytes,
+        *,
+        stats: MaskStats | None = None,
+        today: date | None = None,
+        rewrite: InputRewrite | None = None,
+    ) -> bytes:
+        """Mask a serialized resource (or Bundle), rewritten first by ``rewrite`` if given, and serialize the
+        result, through the cache when on.
 
         Raises ``MaskingError``; a resource the profile drops (``processing_errors: skip``) is an error here.
         With the cache on, a Bundle's entry array is looked up by its bytes (``masking.bundles``).
@@ -98,11 +107,11 @@ class CompiledProfile:
         own = stats if stats is not None else MaskStats()
         day = today or date.today()
         if self._cache is not None and self._split_bundles:
-            masked_bundle = mask_bundle(self._walker, body, own, day, None, self._cache)
+            masked_bundle = mask_bundle(self._walker, body, own, day, None, self._cache, rewrite)
             if masked_bundle is not None:
                 return masked_bundle
         try:
-            document = orjson.loads(body)
+            document = orjson.loads(rewritten(body, rewrite))
         except orjson.JSONDecodeError:
             raise MaskingError("the answer is not JSON") from None
         if not isinstance(document, dict):

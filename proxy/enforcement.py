@@ -20,7 +20,7 @@ from proxy.fhir.request import FhirRequest, Interaction
 from proxy.fhir.urls import rebase_url
 from proxy.policy.access import READ_PERMISSIONS, AccessView
 from proxy.policy.decision import AccessDecision, ResponseCheck
-from proxy.policy.fast_bundle import fast_patient_searchset
+from proxy.policy.fast_bundle import ProvenSearchset, fast_patient_searchset
 from proxy.policy.filtering import filter_bundle
 from proxy.policy.paging import PageLocation, PageSealer
 
@@ -105,7 +105,7 @@ def fast_checked_body(
     links: LinkContext | None,
     *,
     drop_total: bool = False,
-) -> bytes | None:
+) -> ProvenSearchset | None:
     """The body of a patient-context searchset of one compartment type when every entry provably names the
     token's patient (see ``proxy.policy.fast_bundle``); None when the general path must decide.
     ``drop_total``: remove ``Bundle.total`` even when the query enforced every restriction."""

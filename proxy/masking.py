@@ -18,6 +18,7 @@ from masking.compiler import CompiledProfile, compile_profile
 from masking.engine import MaskingError, MaskStats
 from masking.keys import resolve_keys
 from masking.profile import Profile, ProfileError, load_profile
+from masking.rewrite import InputRewrite
 from proxy.auth.principal import Principal
 from proxy.errors import MaskingFailedError
 from proxy.settings import ConfigError, MaskingSelection, MaskingSettings
@@ -100,11 +101,14 @@ class MaskingPolicy:
                 break
         return None if name == NO_MASKING else self._profiles[name]
 
-    def mask_body(self, profile: CompiledProfile, body: bytes) -> MaskedBody:
-        """Mask a JSON answer; ``MaskingFailedError`` rather than ever returning it unmasked."""
+    def mask_body(
+        self, profile: CompiledProfile, body: bytes, rewrite: InputRewrite | None = None
+    ) -> MaskedBody:
+        """Mask a JSON answer, rewritten first by ``rewrite`` (the proxy's URL rebasing);
+        ``MaskingFailedError`` rather than ever returning it unmasked."""
         stats = MaskStats()
         try:
-            return MaskedBody(profile.mask_json(body, stats=stats), profile.name, stats)
+            return MaskedBody(profile.mask_json(body, stats=stats, rewrite=rewrite), profile.name, stats)
         except MaskingError as exc:
             raise MaskingFailedError(profile.name) from exc
 

@@ -70,7 +70,7 @@ from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.decision import AccessDecision, ResponseCheck
-from proxy.policy.fast_bundle import fast_patient_searchset
+from proxy.policy.fast_bundle import ProvenSearchset, fast_patient_searchset
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
 from proxy.reidentify import Reidentifier, is_reidentify
@@ -449,17 +449,18 @@ class FhirEndpoint:
         if not answer.body:
             return fhir_response(answer.status, b"", headers)
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
-            body, proven = self._checked_body(call, answer, upstream, call.view, call.decision)
-            patient = call.view.principal.patient if proven else None
-            if patient is None and (call.rights is not None or self.consent_gate is not None):
-                body, patient = _one_patient_searchset(call.request, body)  # proved once for both layers
+            body, proof = self._checked_body(call, answer, upstream, call.view, call.decision)
+            if proof is None and (call.rights is not None or self.consent_gate is not None):
+                proof = _one_patient_searchset(call.request, body)  # proved once for both layers
+                body = body if proof is None else proof.body
+            patient = None if proof is None else proof.patient
             if call.rights is not None:
                 resource_type = call.request.resource_type
                 one = (resource_type, patient) if resource_type and patient else None
                 body, _withheld = await answer_body(call.rights, call.rights_operation, body, one)
             if self.consent_gate is not None:
                 started = time.time()
-                body = await self._consent_checked(call, call.view.principal, body, patient)
+                body = await self._consent_checked(call, call.view.principal, body, proof)
                 note_stage(call.audit, "consent", started)
             if call.rights is not None:
                 await self._approve_answer(call, body)
@@ -474,12 +475,14 @@ class FhirEndpoint:
         if call.masking is not None:
             assert self.masking is not None
             started = time.time()
-            masked = self.masking.mask_body(call.masking, body)
+            # rebased on the public base first: masking sees what the client will, once per cached page
+            rebase = self.rewriter.rewrite_to_public(call.public_base)
+            masked = self.masking.mask_body(call.masking, body, rebase)
             note_stage(call.audit, "masking", started)
-            body = masked.body
             if call.audit is not None:
                 call.audit.masking_profile = masked.profile
                 call.audit.masked_values = sum(masked.stats.by_method.values())
+            return fhir_response(answer.status, masked.body, headers)
         return fhir_response(answer.status, self.rewriter.to_public(body, call.public_base), headers)
 
     def _note_patients(self, record: AuditRecord, body: bytes, proven_patient: str | None) -> None:
@@ -498,26 +501,28 @@ class FhirEndpoint:
         upstream: Upstream,
         view: AccessView,
         decision: AccessDecision,
-    ) -> tuple[bytes, bool]:
-        """The successful answer as the principal may see it, and whether the searchset fast path proved that
-        every entry belongs to the token's patient."""
+    ) -> tuple[bytes, ProvenSearchset | None]:
+        """The successful answer as the principal may see it, and the searchset fast path's proof that every
+        entry belongs to the token's patient (None: not proved)."""
         links = self._link_context(call, upstream, view, decision)
         if media_type(answer.content_type) in FHIR_JSON_TYPES:
             drop_total = self.consent_gate is not None  # consent may withhold entries on other pages
             fast = fast_checked_body(view, call.request, decision, answer.body, links, drop_total=drop_total)
             if fast is not None:
-                return fast, True
+                return fast.body, fast
         head = _check_upstream_json(answer)
-        return checked_body(view, call.request, decision, head, answer.body, links), False
+        return checked_body(view, call.request, decision, head, answer.body, links), None
 
     async def _consent_checked(
-        self, call: ProxyCall, principal: Principal, body: bytes, proven_patient: str | None
+        self, call: ProxyCall, principal: Principal, body: bytes, proof: ProvenSearchset | None
     ) -> bytes:
         """Patient consent after the scope checks: Bundles are filtered, a withheld single read refused.
-        ``proven_patient``: every entry is known to belong to that patient (no need to look)."""
+        ``proof``: every entry is known to belong to one patient (no need to look), labelled or not."""
         assert self.consent_gate is not None
-        if proven_patient is not None:  # a searchset whose entries all belong to this patient
-            return await self.consent_gate.filter_body(principal, body, {proven_patient})
+        if proof is not None:  # a searchset whose entries all belong to this patient
+            return await self.consent_gate.filter_body(
+                principal, body, {proof.patient}, labelled=proof.labelled
+            )
         head = decode_resource_head(body)
         if head.resourceType == "Bundle":
             return await self.consent_gate.filter_body(principal, body)
@@ -663,14 +668,13 @@ def _check_resource_body(request: FhirRequest, document: dict[str, Any]) -> Fhir
     return request
 
 
-def _one_patient_searchset(request: FhirRequest, body: bytes) -> tuple[bytes, str | None]:
-    """A search for one patient's resources of one type whose every entry provably names that patient: the
-    body without its total (consent may withhold entries on other pages) and the patient; else unchanged."""
+def _one_patient_searchset(request: FhirRequest, body: bytes) -> ProvenSearchset | None:
+    """The proof that a search for one patient's resources of one type has every entry naming that patient,
+    with the body without its total (consent may withhold entries on other pages); None when not proved."""
     searched = searched_patient(request)
     if searched is None or searched[0] not in PATIENT_COMPARTMENT_TYPES:
-        return body, None
-    proven = fast_patient_searchset(body, searched[0], searched[1], None, total_allowed=False)
-    return (body, None) if proven is None else (proven, searched[1])
+        return None
+    return fast_patient_searchset(body, searched[0], searched[1], None, total_allowed=False)
 
 
 def _check_upstream_json(answer: BufferedResponse) -> ResourceHead:

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from masking.rewrite import InputRewrite
+
 __all__ = ["BaseUrlRewriter", "rebase_body", "rebase_url", "to_upstream"]
 
 
@@ -66,6 +68,7 @@ class BaseUrlRewriter:
     def __init__(self, upstream_bases: Iterable[str]) -> None:
         self._bases: tuple[str, ...] = ()
         self._netlocs: tuple[bytes, ...] = ()
+        self._rewrites: dict[str, InputRewrite] = {}
         for base in upstream_bases:
             self.add_base(base)
 
@@ -79,12 +82,25 @@ class BaseUrlRewriter:
         if base not in self._bases:
             self._bases = (*self._bases, base)
             self._netlocs = tuple(sorted({*self._netlocs, urlsplit(base).netloc.encode()}))
+            self._rewrites = {}
 
     def to_public(self, body: bytes, public_base: str) -> bytes:
         """A response body with upstream URLs rebased on ``public_base``."""
         if not any(netloc in body for netloc in self._netlocs):
             return body
         return rebase_body(body, self._bases, public_base)
+
+    def rewrite_to_public(self, public_base: str) -> InputRewrite:
+        """``to_public`` for ``public_base`` as a named rewrite (masking applies it to what it masks and
+        keeps it in cached results); named by the public base and every upstream base."""
+        rewrite = self._rewrites.get(public_base)
+        if rewrite is None:
+            if len(self._rewrites) >= 64:  # public bases come from a few configured or allowed origins
+                self._rewrites.clear()
+            name = "\n".join(("to-public", public_base, *self._bases))
+            rewrite = InputRewrite(name, lambda body: self.to_public(body, public_base))
+            self._rewrites[public_base] = rewrite
+        return rewrite
 
     def url_to_public(self, url: str, public_base: str) -> str:
         """A response header URL rebased on ``public_base``."""

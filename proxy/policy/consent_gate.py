@@ -74,17 +74,17 @@ class ConsentGate:
         self.actors = actors
         self.hide_existence = hide_existence
         self._recent: dict[tuple[str, int, tuple[Any, ...]], tuple[float, Any, ConsentVerdict]] = {}
+        self._independence: dict[int, tuple[tuple[ConsentDirective, ...], bool]] = {}
 
     async def check_resource(self, principal: Principal, body: bytes) -> None:
         """Raise when the patients' consent does not permit returning the resource in ``body``."""
         resource = orjson.loads(body)
         consents = await self._consents_for(patient_references(resource))
-        if self._nothing_to_withhold(principal, consents, body, total_gone=True):  # one resource: no total
-            return
+        labelled = _labelled(resource)
+        if self._nothing_to_withhold(principal, consents, body, labelled=labelled, total_gone=True):
+            return  # (one resource: no total)
         requester = await self._requester(principal)
-        if not _labelled(resource) and all(
-            resource_independent(directives) for directives in consents.values()
-        ):
+        if not labelled and all(self._independent(directives) for directives in consents.values()):
             if all(self._permits_patient(requester, patient, consents) for patient in consents):
                 return
             self._refuse(None)
@@ -98,20 +98,30 @@ class ConsentGate:
         reasons = "; ".join(verdict.reasons) if verdict is not None else ""
         raise ConsentDeniedError(reasons or None)
 
-    async def filter_body(self, principal: Principal, body: bytes, patients: set[str] | None = None) -> bytes:
+    async def filter_body(
+        self,
+        principal: Principal,
+        body: bytes,
+        patients: set[str] | None = None,
+        *,
+        labelled: bool | None = None,
+    ) -> bytes:
         """A Bundle without the entries whose patients' consent does not permit them (totals removed).
-        ``patients``: every entry is already known to belong to these patients, and the total is gone."""
+        ``patients``: every entry is already known to belong to these patients, and the total is gone;
+        ``labelled``: whether any entry's resource carries security labels, if known (else the bytes tell)."""
         total_gone = patients is not None
         if patients is not None and all(principal.fhir_user == f"Patient/{p}" for p in patients):
             return body  # patients reading their own record (see _verdict)
         if patients is None:
             patients = patients_of_entries(body)
         consents = await self._consents_for(patients)
-        if self._nothing_to_withhold(principal, consents, body, total_gone=total_gone):
+        if labelled is None:
+            labelled = b'"security"' in body  # conservative: any member of that name anywhere
+        if self._nothing_to_withhold(principal, consents, body, labelled=labelled, total_gone=total_gone):
             return body
         requester = await self._requester(principal)
-        same_for_all = {p for p, directives in consents.items() if resource_independent(directives)}
-        if same_for_all == set(patients) and b'"security"' not in body:
+        same_for_all = {p for p, directives in consents.items() if self._independent(directives)}
+        if same_for_all == set(patients) and not labelled:
             return self._filter_by_patient(requester, body, consents, total_gone=total_gone)
         decided: dict[frozenset[str], bool] = {}
 
@@ -158,13 +168,31 @@ class ConsentGate:
         return verdict.permitted
 
     def _nothing_to_withhold(
-        self, principal: Principal, consents: Consents, body: bytes, *, total_gone: bool = False
+        self,
+        principal: Principal,
+        consents: Consents,
+        body: bytes,
+        *,
+        labelled: bool,
+        total_gone: bool = False,
     ) -> bool:
         """No Consent on file for anyone concerned, an implicit policy that permits normal data, and no
-        security label (nor a total to remove) anywhere in the bytes: everything is permitted as it is."""
+        security label (nor a total to remove): everything is permitted as it is."""
         if any(consents.values()) or self._implicit(principal) is not ImplicitPolicy.ALL_NORMAL:
             return False
-        return b'"security"' not in body and (total_gone or b'"total"' not in body)
+        return not labelled and (total_gone or b'"total"' not in body)
+
+    def _independent(self, directives: tuple[ConsentDirective, ...]) -> bool:
+        """``resource_independent``, remembered per cached tuple of Consents (the store hands out the same
+        tuple until they change)."""
+        remembered = self._independence.get(id(directives))
+        if remembered is not None and remembered[0] is directives:
+            return remembered[1]
+        if len(self._independence) > 10_000:
+            self._independence.clear()
+        independent = resource_independent(directives)
+        self._independence[id(directives)] = (directives, independent)
+        return independent
 
     async def forget(self, document: dict[str, Any] | None, body: bytes) -> None:
         """A Consent was written: drop the cached Consents of its patient on every replica (all patients

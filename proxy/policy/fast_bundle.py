@@ -10,6 +10,7 @@ nothing else in the body is rewritten. Any other shape returns None and takes th
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -18,10 +19,13 @@ import orjson
 
 from proxy.fhir.slim import TYPE_ROOTS, Reference, list_of
 
-__all__ = ["fast_patient_searchset"]
+__all__ = ["ProvenSearchset", "fast_patient_searchset"]
 
 _NULL = msgspec.Raw(b"null")
 _RESOURCE_TYPE = attrgetter("resource.resourceType")
+_META = attrgetter("resource.meta")
+_SECURITY = attrgetter("security")
+_Meta = msgspec.defstruct("FastMeta", [("security", Any, None)])
 _PREFERRED = ("patient", "subject", "beneficiary", "individual")
 _SINGLE_REFERENCE = {
     resource_type: tuple(
@@ -34,9 +38,21 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
 LinkSealer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
+@dataclass(frozen=True, slots=True)
+class ProvenSearchset:
+    """A searchset whose every entry names ``patient``: its body (links sealed, total dropped as asked) and
+    whether any entry's resource carries security labels (``meta.security``)."""
+
+    body: bytes
+    patient: str
+    labelled: bool
+
+
 def _decoder(resource_type: str) -> msgspec.json.Decoder[Any]:
     fields = [(root, Reference | list[Reference] | None, None) for root in TYPE_ROOTS.get(resource_type, ())]
-    resource = msgspec.defstruct(f"Fast{resource_type}", [("resourceType", str), *fields])
+    resource = msgspec.defstruct(
+        f"Fast{resource_type}", [("resourceType", str), ("meta", _Meta | None, None), *fields]
+    )
     entry = msgspec.defstruct(f"Fast{resource_type}Entry", [("resource", resource | None, None)])
     bundle = msgspec.defstruct(
         f"Fast{resource_type}Bundle",
@@ -53,7 +69,7 @@ def _decoder(resource_type: str) -> msgspec.json.Decoder[Any]:
 
 def fast_patient_searchset(
     body: bytes, resource_type: str, patient_id: str, seal_links: LinkSealer | None, *, total_allowed: bool
-) -> bytes | None:
+) -> ProvenSearchset | None:
     """The body with sealed links if every entry provably belongs to the patient; None when not proven."""
     decoder = _DECODERS.get(resource_type) or _DECODERS.setdefault(resource_type, _decoder(resource_type))
     try:
@@ -69,9 +85,14 @@ def fast_patient_searchset(
         if without_total is None:
             return None
         body = without_total
-    if seal_links is None or bundle.link is _NULL:
-        return body
-    return _splice_links(body, bytes(bundle.link), seal_links)
+    if seal_links is not None and bundle.link is not _NULL:
+        sealed = _splice_links(body, bytes(bundle.link), seal_links)
+        if sealed is None:
+            return None
+        body = sealed
+    # every entry has a resource by now; C-level passes over their labels
+    labelled = any(map(_SECURITY, filter(None, map(_META, bundle.entry))))
+    return ProvenSearchset(body, patient_id, labelled)
 
 
 def _drop_total(body: bytes, total: Any) -> bytes | None:

@@ -28,6 +28,7 @@ from masking.cache import CachedEntries, CachedMask, MaskCache
 from masking.compiler import CompiledProfile, compile_profile
 from masking.engine import MaskingError, MaskStats
 from masking.profile import parse_profile
+from masking.rewrite import InputRewrite
 
 Json = dict[str, Any]
 
@@ -370,3 +371,46 @@ def test_zero_bytes_turns_the_cache_off() -> None:
     profile = compiled("safe-harbor", cache=False)
     assert not profile.enable_cache(100, 0)
     assert profile.enable_cache(100, 1)
+
+
+# ---- a rewrite applied before masking (the proxy's URL rebasing) -----------------------------------------
+
+
+def rebase(public: str) -> InputRewrite:
+    old, new = b'"' + BASE.encode(), b'"' + public.encode()
+    return InputRewrite(f"rebase:{public}", lambda text: text.replace(old, new))
+
+
+def absolute_page(bundle: Json, nonce: str) -> bytes:
+    """A searchset whose entries' fullUrls are absolute URLs under BASE (so the rewrite reaches the array)."""
+    entries = [
+        {**entry, "fullUrl": f"{BASE}/{entry['resource']['resourceType']}/{entry['resource']['id']}"}
+        for entry in bundle["entry"][:PAGE]
+    ]
+    return orjson.dumps(searchset(entries, nonce, "b1"))
+
+
+@pytest.mark.parametrize("name", deterministic_builtins())
+def test_a_rewrite_before_masking_equals_masking_the_rewritten_text(name: str) -> None:
+    fast, whole = compiled(name, cache=True), compiled(name, cache=False)
+    _, bundle = synthea_bundles()[0]
+    for public in ("https://one.example/fhir", "https://two.example/fhir", "https://one.example/fhir"):
+        rewrite = rebase(public)
+        body = absolute_page(bundle, secrets.token_urlsafe(24))
+        stats, expected_stats = MaskStats(), MaskStats()
+        result = fast.mask_json(body, stats=stats, today=TODAY, rewrite=rewrite)
+        expected = whole.mask_json(rewrite.apply(body), stats=expected_stats, today=TODAY)
+        assert result == expected
+        assert (stats.resources, stats.changed, stats.by_method) == (
+            expected_stats.resources,
+            expected_stats.changed,
+            expected_stats.by_method,
+        )
+        assert BASE.encode() not in result
+        assert public.encode() in result
+    assert len(cached_entries(fast)) == 2  # one masked array per rewrite name, reused for the third page
+    patient = orjson.dumps({**PATIENT, "link": [{"other": {"reference": f"{BASE}/Patient/p2"}}]})
+    rewrite = rebase("https://one.example/fhir")
+    assert fast.mask_json(patient, today=TODAY, rewrite=rewrite) == whole.mask_json(
+        rewrite.apply(patient), today=TODAY
+    )

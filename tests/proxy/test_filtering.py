@@ -104,8 +104,10 @@ def seal(links: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_fast_path_proves_own_patient_searchsets() -> None:
     body = searchset(observation(A), observation(A), total=2)
-    out = fast_patient_searchset(body, "Observation", A, seal, total_allowed=True)
-    assert out is not None
+    proof = fast_patient_searchset(body, "Observation", A, seal, total_allowed=True)
+    assert proof is not None
+    assert (proof.patient, proof.labelled) == (A, False)
+    out = proof.body
     document = orjson.loads(out)
     assert document["link"][0]["url"].startswith("https://proxy/fhir/_page")
     assert (
@@ -149,8 +151,36 @@ def test_fast_path_declines_anything_unproven() -> None:
 
 def test_fast_path_removes_an_inexact_total() -> None:
     body = searchset(observation(A), total=7)
-    out = fast_patient_searchset(body, "Observation", A, None, total_allowed=False)
-    assert out is not None
-    document = orjson.loads(out)
+    proof = fast_patient_searchset(body, "Observation", A, None, total_allowed=False)
+    assert proof is not None
+    document = orjson.loads(proof.body)
     assert "total" not in document
     assert len(document["entry"]) == 1
+
+
+def test_fast_path_tells_whether_any_entry_is_labelled() -> None:
+    label = b'"meta":{"security":[{"system":"http://terminology.hl7.org/CodeSystem/v3-Confidentiality","code":"R"}]},'
+    labelled = observation(A).replace(
+        b'{"resourceType":"Observation",', b'{"resourceType":"Observation",' + label
+    )
+    assert labelled != observation(A)
+    empty = observation(A).replace(
+        b'{"resourceType":"Observation",', b'{"resourceType":"Observation","meta":{"security":[]},'
+    )
+    cases = [
+        ((observation(A), observation(A)), False),
+        ((observation(A), labelled), True),
+        ((empty,), False),
+        ((), False),
+    ]
+    for entries, expected in cases:
+        proof = fast_patient_searchset(searchset(*entries), "Observation", A, None, total_allowed=True)
+        assert proof is not None
+        assert proof.labelled is expected
+    # a label not under meta.security (an extension's value, say) is not a label
+    extension = observation(A).replace(
+        b'"id":', b'"extension":[{"url":"x","valueString":"security"}],"id":', 1
+    )
+    proof = fast_patient_searchset(searchset(extension), "Observation", A, None, total_allowed=True)
+    assert proof is not None
+    assert proof.labelled is False

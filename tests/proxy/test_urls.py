@@ -57,6 +57,19 @@ def test_several_upstreams_longest_base_first() -> None:
     assert rewriter.to_public(body, PUBLIC) == f'["{PUBLIC}/Patient/1","{PUBLIC}/Patient/2"]'.encode()
 
 
+def test_the_named_rewrite_for_masking_follows_the_bases() -> None:
+    rewriter = BaseUrlRewriter([UP])
+    body = f'{{"fullUrl":"{UP}/Patient/1","other":"{UP}2/Patient/1"}}'.encode()
+    first = rewriter.rewrite_to_public(PUBLIC)
+    assert first.apply(body) == rewriter.to_public(body, PUBLIC)
+    assert rewriter.rewrite_to_public(PUBLIC) is first
+    assert rewriter.rewrite_to_public(PUBLIC + "2").name != first.name
+    rewriter.add_base(UP + "2")  # an upstream announcing another base: cached masking results must not match
+    second = rewriter.rewrite_to_public(PUBLIC)
+    assert second.name != first.name
+    assert second.apply(body) == f'{{"fullUrl":"{PUBLIC}/Patient/1","other":"{PUBLIC}/Patient/1"}}'.encode()
+
+
 def test_header_urls() -> None:
     assert rebase_url(f"{UP}/Patient/1/_history/2", [UP], PUBLIC) == f"{PUBLIC}/Patient/1/_history/2"
     assert rebase_url(f"{UP}x/Patient/1", [UP], PUBLIC) == f"{UP}x/Patient/1"
