@@ -2,10 +2,10 @@
 
 A search page read again carries the same entries byte for byte, while its sealed paging links (a random
 nonce each) make every whole answer new. So ``mask_bundle`` splits the answer with ``msgspec.Raw``, looks the
-``entry`` array up in the profile's cache by its exact bytes (a hit is spliced back without parsing or
-re-serialising anything), masks the rest of the Bundle (type, links, meta, id, total...) with the Bundle's
-rules, and joins the two. A miss masks the array as the walk of the whole Bundle would (its resources through
-the per-resource cache) and keeps it for next time.
+``entry`` array up in the profile's cache by its exact bytes (see ``MaskCache``; a hit is spliced back
+without parsing or re-serialising anything), masks the rest of the Bundle (type, links, meta, id, total...)
+with the Bundle's rules, and joins the two. A miss masks the array as the walk of the whole Bundle would
+(its resources through the per-resource cache) and keeps it for next time.
 
 The result is byte-for-byte the whole-document walk's, stats included: the array's own elements (fullUrl,
 search, request, response) are masked with the Bundle's context, so a result that read the Bundle's id or
@@ -124,7 +124,7 @@ def _entries(
 ) -> CachedEntries | None:
     """The masked entry array: from the cache, else rewritten, masked now and kept (None: not an array)."""
     key = cache.entries_key(raw, today, scope_key, None if rewrite is None else rewrite.name)
-    hit = cache.get_entries(key)
+    hit = cache.get_entries(key, raw)
     if hit is not None and (
         hit.bound is None or hit.bound == _bound(walker.bundle_context(shell, hit.patients, scope_key, today))
     ):
@@ -142,7 +142,7 @@ def _entries(
     text = orjson.dumps(masked)
     bound = _bound(context) if context.read else None
     size = len(text) + len(raw) + ENTRY_OVERHEAD
-    result = CachedEntries(orjson.Fragment(text), own, size, changed, labels, patients, bound)
+    result = CachedEntries(raw, orjson.Fragment(text), own, size, changed, labels, patients, bound)
     cache.put(key, result)
     stats.merge(own)
     return result

@@ -5,9 +5,11 @@ Two kinds of results share one bounded cache per profile:
 - a masked resource, keyed by a BLAKE2b digest of its content, the patient it belongs to, the scope key and
   the day (ages); the value is its masked JSON (an ``orjson.Fragment``, spliced into answers without
   re-serialising) and what masking did (for the audit counts);
-- a Bundle's masked ``entry`` array, keyed by the exact bytes the upstream sent for it and the day; the value
-  is the masked array's JSON plus what masking it did to the Bundle (see ``masking.bundles``). A repeated
-  search page has byte-identical entries even though its sealed paging links differ on every answer.
+- a Bundle's masked ``entry`` array, found by the bytes the upstream sent for it and the day: the key holds
+  their length and every 16th byte (cheap to hash), and a hit counts only when the whole bytes kept with the
+  result are equal (a fast compare); the value is the masked array's JSON plus what masking it did to the
+  Bundle (see ``masking.bundles``). A repeated search page has byte-identical entries even though its
+  sealed paging links differ on every answer.
 
 The cache is bounded by entries and by bytes (masked JSON, the source bytes kept as keys, and a fixed
 allowance per entry); least recently used entries go first. It is only used for profiles whose methods are
@@ -31,9 +33,13 @@ __all__ = ["ENTRY_OVERHEAD", "CachedEntries", "CachedMask", "EntriesKey", "MaskC
 ENTRY_OVERHEAD = 512
 """Bytes counted per cached result beyond its JSON: key, stats, bookkeeping."""
 
-EntriesKey = tuple[int, str | None, str | None, bytes]
-"""A Bundle's entry array by content: (day ordinal, scope key, input rewrite name, the array's bytes as
-sent)."""
+EntriesKey = tuple[int, str | None, str | None, int, bytes]
+"""A Bundle's entry array by content: (day ordinal, scope key, input rewrite name, the array's length and
+every ``SAMPLE_STRIDE``-th byte of it as sent)."""
+
+SAMPLE_STRIDE = 16
+"""Any difference spanning this many bytes changes an entry array's key; smaller ones are caught by the
+full compare on a hit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +55,13 @@ class CachedMask:
 class CachedEntries:
     """A Bundle's masked ``entry`` array and what masking it did to the Bundle.
 
-    ``changed``/``labels``: whether the Bundle's own elements in the array changed, and the labels that
-    implies for the Bundle; ``patients``: Patient entry ``fullUrl`` -> id, read from the array; ``bound``:
-    the Bundle id and patient the result was computed with, when masking read them (None: it did not, so
-    the result holds for any Bundle carrying these entries).
+    ``source``: the array's bytes as sent; ``changed``/``labels``: whether the Bundle's own elements in the
+    array changed, and the labels that implies for the Bundle; ``patients``: Patient entry ``fullUrl`` -> id,
+    read from the array; ``bound``: the Bundle id and patient the result was computed with, when masking
+    read them (None: it did not, so the result holds for any Bundle carrying these entries).
     """
 
+    source: bytes
     fragment: orjson.Fragment
     stats: MaskStats
     size: int
@@ -86,19 +93,19 @@ class MaskCache:
 
     @staticmethod
     def entries_key(raw: bytes, today: date, scope_key: str | None, rewrite: str | None = None) -> EntriesKey:
-        """The key naming a masked entry array (the raw bytes themselves: no digest to compute), rewritten
-        before masking by the rewrite named ``rewrite`` if any."""
-        return (today.toordinal(), scope_key, rewrite, raw)
+        """The key under which the entry array ``raw`` (rewritten before masking by the rewrite named
+        ``rewrite``, if any) is looked for: no digest of the whole to compute."""
+        return (today.toordinal(), scope_key, rewrite, len(raw), raw[::SAMPLE_STRIDE])
 
     def get(self, key: bytes) -> CachedMask | None:
         """The cached resource, refreshed as most recently used."""
         found = self._touch(key)
         return found if isinstance(found, CachedMask) else None
 
-    def get_entries(self, key: EntriesKey) -> CachedEntries | None:
-        """The cached entry array, refreshed as most recently used."""
+    def get_entries(self, key: EntriesKey, raw: bytes) -> CachedEntries | None:
+        """The cached entry array masked from exactly ``raw``, refreshed as most recently used."""
         found = self._touch(key)
-        return found if isinstance(found, CachedEntries) else None
+        return found if isinstance(found, CachedEntries) and found.source == raw else None
 
     def put(self, key: CacheKey, value: Cached) -> None:
         """Remember a result, forgetting the least recently used beyond the bounds (a result larger than

