@@ -583,6 +583,13 @@ class AuditDeliverySettings(_Model):
     batch_size: int = Field(
         100, ge=1, le=10_000, description="Events per batch Bundle; 1 sends one PUT per event."
     )
+    linger_seconds: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="How long new records may wait for a batch to fill before they are delivered (fewer, "
+        "fuller batches, and fewer syncs of the log, cursor and file, under load); 0: deliver at once.",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First retry delay after a failure.")
     retry_max_seconds: float = Field(60.0, gt=0, description="Longest retry delay (exponential backoff).")
     max_backlog: int = Field(

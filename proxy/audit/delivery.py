@@ -8,13 +8,16 @@ often it is read. Nothing is kept only in memory, so a crash, a restart or an au
 nothing.
 
 **Reading.** The log is read from the cursor onwards, streaming (whole records until at least ``batch_size``
-events are pending, one open file handle). Every record is verified as it is read: its ``hash`` must match its
-content, its ``seq`` must follow the previous one and its ``prev`` must be the previous record's hash (a
-checkpoint must name the record before it and, when the delivery holds the log key, its signature must
-verify). The first record that does not verify stops the delivery for good with a CRITICAL log line: the
-records before it are delivered, it and everything after it never are (``state`` becomes ``failed``; the
-backlog then grows until admission refuses requests). A last line without a newline is a record still being
-written: the reader waits for it.
+events are pending, one open file handle). New records wait up to ``linger_seconds`` for a batch to fill
+(unless ``batch_size`` records are waiting already), so that under load each batch, and each sync of the
+log, cursor and file that goes with it, covers many records.
+
+Every record is verified as it is read: its ``hash`` must match its content, its ``seq`` must follow the
+previous one and its ``prev`` must be the previous record's hash (a checkpoint must name the record before it
+and, when the delivery holds the log key, its signature must verify). The first record that does not verify
+stops the delivery for good with a CRITICAL log line: the records before it are delivered, it and everything
+after it never are (``state`` becomes ``failed``; the backlog then grows until admission refuses requests). A
+last line without a newline is a record still being written: the reader waits for it.
 
 The chain alone cannot show that someone who can write the file did not edit records and recompute every
 later hash. With the log key (``key``), the reader therefore looks ahead to the next signed checkpoint and
@@ -588,6 +591,7 @@ class AuditDelivery:
         self._pending: list[_Pending] = []
         self._isolate_through = 0  # send one event per PUT up to this seq (after a refused batch)
         self._appended = 0
+        self._lingering = False
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._stopping = False
@@ -709,6 +713,8 @@ class AuditDelivery:
         loop = self._loop
         if loop is None or self._task is None:
             return
+        if self._lingering and self.backlog < self.settings.batch_size:
+            return  # a batch is filling: it is woken when full (or when the linger ends)
         if threading.get_ident() == self._loop_thread:
             self._wake.set()
         else:
@@ -772,6 +778,7 @@ class AuditDelivery:
         while True:
             try:
                 if not self._pending:
+                    await self._let_batch_fill()
                     self._wake.clear()  # before reading: a notify from now on is not missed
                     self._pending = await self._read()
                     if not self._pending:
@@ -792,6 +799,21 @@ class AuditDelivery:
                 await self._retry_later(_AttemptFailed(f"local I/O failed: {exc}", config=True))
             else:
                 self._note_success()
+
+    async def _let_batch_fill(self) -> None:
+        """Give a batch that is not full yet up to ``linger_seconds`` to fill; ``notify`` wakes it once the
+        batch is full, ``stop`` at once."""
+        linger = self.settings.linger_seconds
+        if not linger or self._stopping or not 0 < self.backlog < self.settings.batch_size:
+            return
+        self._lingering = True
+        self._wake.clear()
+        try:
+            if self.backlog < self.settings.batch_size:  # (filled between the check and the clear?)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), linger)
+        finally:
+            self._lingering = False
 
     async def _retry_later(self, failure: _AttemptFailed) -> None:
         self._note_failure(failure)

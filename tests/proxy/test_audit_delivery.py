@@ -347,6 +347,36 @@ def test_notify_wakes_the_delivery_for_records_appended_while_running(
     assert server.store.writes == ids(events)
 
 
+def test_records_arriving_one_by_one_wait_for_a_batch_to_fill(
+    server: FakeAuditServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    records = make_records(12)
+    events = events_of(records)
+    linger = 5.0
+
+    async def main() -> None:
+        with AuditChainWriter(log, key=KEY, fsync="never") as writer:
+            delivery = AuditDelivery(log, settings(server.url, batch_size=10, linger_seconds=linger))
+            await delivery.start()
+            for record in records[:6]:  # one request at a time, as a proxy under light load appends them
+                delivery.notify(append(writer, record))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert server.store.requests == []  # waiting for the batch to fill
+            for record in records[6:]:
+                delivery.notify(append(writer, record))
+            # the batch is full: it goes at once, not when the linger ends
+            await wait_until(lambda: len(server.store.requests) == 1, within=linger / 2)
+            started = time.monotonic()
+            await delivery.stop()  # the last two go now: stopping cuts the linger short
+            assert time.monotonic() - started < linger / 2
+
+    run(main)
+    assert server.store.writes == ids(events)
+    assert [entries for _, entries in server.store.requests] == [10, 2]
+
+
 def test_resumes_from_the_cursor_after_a_restart(server: FakeAuditServer, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     first, second = make_records(40), make_records(15, start=40)
