@@ -2,14 +2,17 @@
 
 One command, one run::
 
-    .venv/bin/python tests/bench/run_bench.py [--duration 10 | --quick] [--json out.json]
+    .venv/bin/python tests/bench/run_bench.py [--rounds 3] [--duration 5 | --quick] [--json out.json]
 
 It starts an in-memory FHIR R4 upstream (Medplum's router, ``medplum_upstream/``), seeds one
 Patient and at least 60 Observations for it, then starts every benchmark *row* (a server in
-front of the upstream) and drives each row with ``wrk`` for two requests: a Patient read and a
-50-entry Observation search. The results are printed as a table, with ratios against the
-``passthrough`` row (a bare aiohttp reverse proxy, ``passthrough.py``), plus the fhirwall
-targets marked PASS/MISS (printed, never asserted). Everything started is stopped on exit.
+front of the upstream) at once and measures them in ``--rounds`` rounds: in each round every
+row is driven with ``wrk``, one row at a time and in the same order, for two requests: a
+Patient read and a 50-entry Observation search. Each measurement is compared with the
+``passthrough`` row (a bare aiohttp reverse proxy, ``passthrough.py``) measured in the same
+round, so a ratio never spans more than one round of machine drift. The table shows medians
+over the rounds, the fhirwall targets are marked PASS/MISS on the median ratio (printed, never
+asserted) with the per-round ratios beside them. Everything started is stopped on exit.
 
 Rows are declared in :func:`build_rows`; a row whose server does not come up within the
 startup timeout is skipped with a message, so the script also works before the fhirwall CLI
@@ -30,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +58,10 @@ HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 15.0
 NPM_INSTALL_TIMEOUT_S = 300.0
 WARMUP_S = 2
+DEFAULT_ROUNDS = 3
+DEFAULT_DURATION_S = 10  # per measurement with --rounds 1
+ROUNDS_DURATION_S = 5  # per measurement with several rounds (unless --duration is given)
+QUICK_DURATION_S = 3
 WRK_THREADS = 2
 WRK_CONNECTIONS = 8
 SEARCH_COUNT = 50
@@ -126,7 +134,7 @@ class WrkResult:
 
 @dataclass
 class Measurement:
-    """One table line: a row x request result, with ratios against the baseline row."""
+    """One row x request result in one round, with ratios against the baseline row in that round."""
 
     row: str
     request: str
@@ -137,6 +145,7 @@ class Measurement:
     non_2xx: int
     socket_errors: int
     preflight_status: int
+    round_no: int
     rps_ratio: float | None = None
     p50_ratio: float | None = None
 
@@ -145,6 +154,79 @@ class Measurement:
         """True when the row produced errors, so its numbers are not trustworthy."""
         ok_preflight = 200 <= self.preflight_status < 300
         return self.non_2xx > 0 or self.socket_errors > 0 or not ok_preflight
+
+
+@dataclass
+class Summary:
+    """One table line: a row x request over all rounds (medians of the per-round figures)."""
+
+    row: str
+    request: str
+    rounds: list[Measurement]
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(m.rps for m in self.rounds)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(m.p50_ms for m in self.rounds)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(m.p99_ms for m in self.rounds)
+
+    @property
+    def rps_ratios(self) -> list[float | None]:
+        return [m.rps_ratio for m in self.rounds]
+
+    @property
+    def p50_ratios(self) -> list[float | None]:
+        return [m.p50_ratio for m in self.rounds]
+
+    @property
+    def rps_ratio(self) -> float | None:
+        return median_or_none(self.rps_ratios)
+
+    @property
+    def p50_ratio(self) -> float | None:
+        return median_or_none(self.p50_ratios)
+
+    @property
+    def flagged(self) -> bool:
+        """True when any round produced errors."""
+        return any(m.flagged for m in self.rounds)
+
+    def error_note(self) -> str:
+        """Describe the errors of the flagged rounds (empty when there were none)."""
+        bad = [m for m in self.rounds if m.flagged]
+        if not bad:
+            return ""
+        preflight = sorted({m.preflight_status for m in bad})
+        return (
+            f"ERRORS in {len(bad)}/{len(self.rounds)} rounds: preflight {'/'.join(map(str, preflight))}, "
+            f"non-2xx {sum(m.non_2xx for m in bad)}, socket {sum(m.socket_errors for m in bad)}"
+        )
+
+    def to_json(self) -> Json:
+        """The medians plus every round's measurement."""
+        return {
+            "row": self.row,
+            "request": self.request,
+            "rps": self.rps,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "rps_ratio": self.rps_ratio,
+            "p50_ratio": self.p50_ratio,
+            "flagged": self.flagged,
+            "rounds": [{**asdict(m), "flagged": m.flagged} for m in self.rounds],
+        }
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """Median of the values that are not None (None when there are none)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 # --------------------------------------------------------------------------- processes
@@ -599,73 +681,93 @@ def run_wrk(url: str, duration: int, headers: dict[str, str]) -> WrkResult:
     return parse_wrk(proc.stdout)
 
 
-def measure(row: Row, request: BenchRequest, duration: int) -> Measurement:
+def measure(row: Row, request: BenchRequest, duration: int, round_no: int) -> Measurement:
     """Pre-flight, warm up, then measure one row x request."""
     url = row.base_url + request.path
     preflight = probe_status(url, row.headers)
     run_wrk(url, WARMUP_S, row.headers)
     result = run_wrk(url, duration, row.headers)
-    return Measurement(row.name, request.name, preflight_status=preflight, **asdict(result))
+    return Measurement(
+        row.name, request.name, preflight_status=preflight, round_no=round_no, **asdict(result)
+    )
 
 
 # --------------------------------------------------------------------------- reporting
 
 
 def add_ratios(results: list[Measurement]) -> None:
-    """Fill in req/s and p50 ratios against the baseline row, per request."""
-    baseline = {m.request: m for m in results if m.row == BASELINE_ROW}
+    """Fill in req/s and p50 ratios against the baseline row, per request and round."""
+    baseline = {(m.round_no, m.request): m for m in results if m.row == BASELINE_ROW}
     for m in results:
-        base = baseline.get(m.request)
+        base = baseline.get((m.round_no, m.request))
         if base is None:
             continue
         m.rps_ratio = m.rps / base.rps if base.rps else None
         m.p50_ratio = m.p50_ms / base.p50_ms if base.p50_ms else None
 
 
+def summarise(results: list[Measurement]) -> list[Summary]:
+    """Group the measurements by row x request (in measurement order), rounds in order."""
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for m in results:
+        groups.setdefault((m.row, m.request), []).append(m)
+    return [
+        Summary(row, request, sorted(ms, key=lambda m: m.round_no)) for (row, request), ms in groups.items()
+    ]
+
+
 def _fmt(value: float | None, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
-def print_table(results: list[Measurement]) -> None:
-    """Print the results table."""
+def print_table(summaries: list[Summary], rounds: int) -> None:
+    """Print the results table (medians over the rounds)."""
     header = f"{'row':<22} {'request':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
     header += f"{'rps/pt':>7} {'p50/pt':>7}  note"
     print("\n" + header + "\n" + "-" * len(header))
-    for m in results:
-        note = ""
-        if m.flagged:
-            note = f"ERRORS: preflight {m.preflight_status}, non-2xx {m.non_2xx}, socket {m.socket_errors}"
+    for m in summaries:
         print(
             f"{m.row:<22} {m.request:<9} {m.rps:>9.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} "
-            f"{_fmt(m.rps_ratio, 7, 2)} {_fmt(m.p50_ratio, 7, 2)}  {note}".rstrip()
+            f"{_fmt(m.rps_ratio, 7, 2)} {_fmt(m.p50_ratio, 7, 2)}  {m.error_note()}".rstrip()
         )
-    print(f"(rps/pt, p50/pt: ratio to the {BASELINE_ROW} row for the same request)")
+    if rounds > 1:
+        print(
+            f"(medians over {rounds} rounds; rps/pt, p50/pt: median of the per-round ratios to the "
+            f"{BASELINE_ROW} row for the same request in the same round)"
+        )
+    else:
+        print(f"(rps/pt, p50/pt: ratio to the {BASELINE_ROW} row for the same request)")
 
 
-def audit_cost_goals(results: list[Measurement]) -> list[Json]:
-    """Audit on vs off: the audit row against the consent row (same token, same policy), per request."""
+def audit_cost_goals(summaries: list[Summary]) -> list[Json]:
+    """Audit on vs off: the audit row against the consent row (same token, same policy), per request,
+    compared round by round."""
     goals: list[Json] = []
-    by_key = {(m.row, m.request): m for m in results}
+    by_key = {(m.row, m.request): m for m in summaries}
     for (row, request), audited in by_key.items():
         plain = by_key.get(("fhirwall-consent", request))
-        if row != "fhirwall-audit" or plain is None or not plain.rps:
+        if row != "fhirwall-audit" or plain is None:
             continue
-        ratio = audited.rps / plain.rps
-        goals.append(_goal(audited, "throughput vs audit off", ratio, f">= {GOAL_AUDIT_MIN_RATIO:.2f}"))
+        plain_rps = {m.round_no: m.rps for m in plain.rounds}
+        ratios: list[float | None] = []
+        for m in audited.rounds:
+            base = plain_rps.get(m.round_no)
+            ratios.append(m.rps / base if base else None)
+        goals.append(_goal(audited, "throughput vs audit off", ratios, f">= {GOAL_AUDIT_MIN_RATIO:.2f}"))
     return goals
 
 
-def evaluate_goals(rows: list[Row], results: list[Measurement], skipped: dict[str, str]) -> list[Json]:
-    """Compare goal rows against the targets (reported, never asserted)."""
-    goals: list[Json] = audit_cost_goals(results)
+def evaluate_goals(rows: list[Row], summaries: list[Summary], skipped: dict[str, str]) -> list[Json]:
+    """Compare goal rows against the targets on the median ratio (reported, never asserted)."""
+    goals: list[Json] = audit_cost_goals(summaries)
     for row in (r for r in rows if r.goals):
-        for m in (m for m in results if m.row == row.name):
+        for m in (m for m in summaries if m.row == row.name):
             if row.min_rps_ratio is not None:
                 goals.append(
-                    _goal(m, "throughput vs passthrough", m.rps_ratio, f">= {row.min_rps_ratio:.2f}")
+                    _goal(m, "throughput vs passthrough", m.rps_ratios, f">= {row.min_rps_ratio:.2f}")
                 )
             if row.max_p50_ratio is not None:
-                goals.append(_goal(m, "p50 vs passthrough", m.p50_ratio, f"<= {row.max_p50_ratio:.2f}"))
+                goals.append(_goal(m, "p50 vs passthrough", m.p50_ratios, f"<= {row.max_p50_ratio:.2f}"))
         if row.name in skipped:
             goals.append(
                 {
@@ -673,6 +775,7 @@ def evaluate_goals(rows: list[Row], results: list[Measurement], skipped: dict[st
                     "request": "*",
                     "metric": "all",
                     "value": None,
+                    "per_round": [],
                     "threshold": "",
                     "status": "n/a",
                     "reason": skipped[row.name],
@@ -681,7 +784,9 @@ def evaluate_goals(rows: list[Row], results: list[Measurement], skipped: dict[st
     return goals
 
 
-def _goal(m: Measurement, metric: str, value: float | None, threshold: str) -> Json:
+def _goal(m: Summary, metric: str, per_round: list[float | None], threshold: str) -> Json:
+    """One target line, decided on the median of the per-round ratios."""
+    value = median_or_none(per_round)
     limit = float(threshold.split()[1])
     ok = value is not None and (value >= limit if threshold.startswith(">=") else value <= limit)
     status = "n/a" if value is None else ("PASS" if ok and not m.flagged else "MISS")
@@ -690,13 +795,14 @@ def _goal(m: Measurement, metric: str, value: float | None, threshold: str) -> J
         "request": m.request,
         "metric": metric,
         "value": value,
+        "per_round": per_round,
         "threshold": threshold,
         "status": status,
     }
 
 
 def print_goals(goals: list[Json]) -> None:
-    """Print the targets with PASS/MISS."""
+    """Print the targets with PASS/MISS, and the per-round ratios when there were several rounds."""
     print(
         "\nTargets: fhirwall (no policy) throughput >= 60 % of passthrough and p50 <= 1.5x; "
         "fhirwall-policy (patient token) >= 45 %; fhirwall-consent (same token, consent on) >= 40 %; "
@@ -708,9 +814,14 @@ def print_goals(goals: list[Json]) -> None:
             print(f"  {g['row']:<22} n/a  (row skipped: {g['reason']})")
             continue
         value = _fmt(g["value"], 6, 2)
-        print(
+        line = (
             f"  {g['row']:<22} {g['request']:<9} {g['metric']:<26} {value} {g['threshold']:<8} {g['status']}"
         )
+        if len(g["per_round"]) > 1:
+            line += "  rounds: " + " ".join(_fmt(v, 4, 2).strip() for v in g["per_round"])
+        print(line)
+    if any(len(g["per_round"]) > 1 for g in goals):
+        print("(value: median of the per-round ratios; PASS/MISS on the median)")
 
 
 def write_json(path: Path, report: Json) -> None:
@@ -772,21 +883,49 @@ def start_row(procs: Processes, row: Row) -> str | None:
     return None
 
 
-def bench_row(procs: Processes, row: Row, requests: list[BenchRequest], duration: int) -> list[Measurement]:
-    """Start one row, measure both requests, stop it again (so rows do not share the CPU)."""
+def start_rows(procs: Processes, rows: list[Row]) -> tuple[list[Row], dict[str, str]]:
+    """Start every row's server up front; returns the rows that are up and why the others were skipped."""
+    up: list[Row] = []
+    skipped: dict[str, str] = {}
+    for row in rows:
+        reason = start_row(procs, row)
+        if reason is not None:
+            skipped[row.name] = reason
+            print(f"  SKIP {row.name}: {reason}")
+            continue
+        up.append(row)
+    return up, skipped
+
+
+def bench_round(
+    procs: Processes,
+    rows: list[Row],
+    requests: list[BenchRequest],
+    duration: int,
+    round_no: int,
+    skipped: dict[str, str],
+) -> list[Measurement]:
+    """Measure every running row x request once, one at a time, rows in the given order.
+
+    A row whose server has exited since it started is reported in ``skipped`` and left out from then on.
+    """
     results = []
-    try:
+    for row in rows:
+        if row.name in skipped:
+            continue
+        code = procs.exited(row.name)
+        if code is not None:
+            skipped[row.name] = f"exited with code {code} before round {round_no} (earlier rounds kept)"
+            print(f"  SKIP {row.name}: {skipped[row.name]}")
+            continue
         for request in requests:
             print(f"  {row.name:<22} {request.name:<9} ...", end="", flush=True)
-            m = measure(row, request, duration)
+            m = measure(row, request, duration, round_no)
             print(
                 f" {m.rps:>9.0f} req/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
                 + ("  (ERRORS)" if m.flagged else "")
             )
             results.append(m)
-    finally:
-        if row.command is not None:
-            procs.stop(row.name)
     return results
 
 
@@ -801,15 +940,12 @@ def run(args: argparse.Namespace, procs: Processes) -> Json:
     check_seed(upstream, requests)
     print(f"upstream {upstream} seeded from {source} (Patient/{patient_id})")
     rows = build_rows(upstream, args, patient_id)
+    running, skipped = start_rows(procs, rows)
     results: list[Measurement] = []
-    skipped: dict[str, str] = {}
-    for row in rows:
-        reason = start_row(procs, row)
-        if reason is not None:
-            skipped[row.name] = reason
-            print(f"  SKIP {row.name}: {reason}")
-            continue
-        results += bench_row(procs, row, requests, args.duration)
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"round {round_no}/{args.rounds} ({WARMUP_S} s warm-up + {args.duration} s each)")
+        results += bench_round(procs, running, requests, args.duration, round_no, skipped)
     add_ratios(results)
     return build_report(args, rows, results, skipped, source)
 
@@ -822,11 +958,13 @@ def build_report(
     source: str,
 ) -> Json:
     """Print the table and targets; returns the JSON report."""
-    print_table(results)
-    goals = evaluate_goals(rows, results, skipped)
+    summaries = summarise(results)
+    print_table(summaries, args.rounds)
+    goals = evaluate_goals(rows, summaries, skipped)
     print_goals(goals)
     meta = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rounds": args.rounds,
         "duration_s": args.duration,
         "warmup_s": WARMUP_S,
         "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS},
@@ -842,7 +980,7 @@ def build_report(
         "meta": meta,
         "rows": rows_json,
         "skipped": skipped,
-        "results": [{**asdict(m), "flagged": m.flagged} for m in results],
+        "results": [m.to_json() for m in summaries],
         "goals": goals,
     }
 
@@ -850,8 +988,18 @@ def build_report(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
-    parser.add_argument("--quick", action="store_true", help="3 s per measurement")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"measure every row x request this many times; medians are reported (default {DEFAULT_ROUNDS})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        help=f"seconds per measurement (default {ROUNDS_DURATION_S}; {DEFAULT_DURATION_S} with --rounds 1)",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION_S} s per measurement")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this path")
     parser.add_argument(
         "--data", help=f"seed Bundle file or folder (default: ${seed_data.DATA_ENV}, then examples/data/)"
@@ -866,8 +1014,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", help="only these rows (comma-separated; direct and passthrough always run)")
     args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= 50:
+        parser.error("--rounds must be between 1 and 50")
     if args.quick:
-        args.duration = 3
+        args.duration = QUICK_DURATION_S
+    elif args.duration is None:
+        args.duration = DEFAULT_DURATION_S if args.rounds == 1 else ROUNDS_DURATION_S
     if not 1 <= args.duration <= 600:
         parser.error("--duration must be between 1 and 600 seconds")
     return args
