@@ -29,6 +29,7 @@ from proxy.audit.capture import (
 )
 from proxy.audit.context import current_record
 from proxy.audit.delivery import AuditDelivery
+from proxy.audit.process_delivery import ProcessDelivery
 from proxy.audit.record import AuditRecord, Decision
 from proxy.audit.trail import AuditTrail
 from proxy.auth.authenticator import Authenticator
@@ -112,7 +113,7 @@ class FhirEndpoint:
         masking: MaskingPolicy | None = None,
         reidentifier: Reidentifier | None = None,
         audit: AuditTrail | None = None,
-        delivery: AuditDelivery | None = None,
+        delivery: AuditDelivery | ProcessDelivery | None = None,
         rights: RightsGate | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:

@@ -624,6 +624,13 @@ class AuditDeliverySettings(_Model):
         description="spool redis: seconds an entry may stay unacknowledged by the replica that read it "
         "before another replica claims and delivers it (a replica that died).",
     )
+    runner: Literal["inline", "process"] = Field(
+        "inline",
+        description="spool log: where delivery runs. inline: a task of each serving process. process: a "
+        "child process per serving process (restarted if it dies, stopped with it), so reading the log, "
+        "making the AuditEvents and syncing files never take the serving process's CPU or event loop; "
+        "back-pressure then follows the delivery cursor file.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -640,6 +647,8 @@ class AuditDeliverySettings(_Model):
             raise ValueError("retry_max_seconds must not be less than retry_initial_seconds")
         if self.spool == "redis" and self.target == "none":
             raise ValueError("audit.delivery.spool redis needs a delivery target (fhir or file)")
+        if self.runner == "process" and self.spool != "log":
+            raise ValueError("audit.delivery.runner process delivers from the local log (spool log)")
         return self
 
     @property

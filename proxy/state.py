@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from consent.cache import ConsentCache, MemoryConsentCache, RedisConsentCache
 from consent.store import CachedConsentStore, FhirConsentStore
 from proxy.audit.delivery import AuditDelivery, AuditDeliveryError
+from proxy.audit.process_delivery import ProcessDelivery
 from proxy.audit.redis_spool import RedisSpoolDelivery, RedisSpoolWriter
 from proxy.audit.telemetry import Telemetry
 from proxy.audit.trail import AuditTrail
@@ -70,7 +71,7 @@ class ProxyState:
     masking: MaskingPolicy | None = field(init=False, default=None)
     reidentifier: Reidentifier | None = field(init=False, default=None)
     audit: AuditTrail | None = field(init=False, default=None)
-    audit_delivery: AuditDelivery | None = field(init=False, default=None)
+    audit_delivery: AuditDelivery | ProcessDelivery | None = field(init=False, default=None)
     rights: RightsGate | None = field(init=False, default=None)
     limiter: RateLimiter | None = field(init=False, default=None)
 
@@ -127,9 +128,13 @@ class ProxyState:
                 delivery = self.audit_delivery
                 self.audit.telemetry.set_backlog_source(lambda: delivery.backlog)
 
-    def _build_audit_delivery(self, log_file: Path) -> AuditDelivery:
-        """Delivery from the local log, or from the Redis spool (``audit.delivery.spool: redis``)."""
+    def _build_audit_delivery(self, log_file: Path) -> AuditDelivery | ProcessDelivery:
+        """Delivery from the local log (here, or in a child process: ``audit.delivery.runner``), or from the
+        Redis spool (``audit.delivery.spool: redis``)."""
         audit = self.settings.audit
+        if audit.delivery.spool == "log" and audit.delivery.runner == "process":
+            AuditTrail.signing_key(audit)  # the child reads it too: a missing key is a start-up error here
+            return ProcessDelivery(log_file, audit, self.settings.server.log_level)
         if audit.delivery.spool == "log":
             return AuditDelivery(log_file, audit.delivery, key=AuditTrail.signing_key(audit))
         if self.redis is None or self.settings.redis.url is None:

@@ -112,6 +112,9 @@ __all__ = [
     "AuditDeliveryError",
     "DeliverySettings",
     "DeliveryStatus",
+    "checked_cursor",
+    "cursor_seq",
+    "last_record_seq",
 ]
 
 logger = logging.getLogger("fhirwall.audit.delivery")
@@ -386,7 +389,7 @@ class _LogReader:
                 return
 
 
-def _last_record_seq(path: Path, block: int = 1 << 16) -> int:
+def last_record_seq(path: Path, block: int = 1 << 16) -> int:
     """The seq of the last complete record of the log (0 when none), read backwards from the end."""
     try:
         file = path.open("rb")
@@ -414,6 +417,25 @@ def _last_record_seq(path: Path, block: int = 1 << 16) -> int:
 
 
 # -- the cursor --------------------------------------------------------------------------------------------
+
+
+def checked_cursor(cursor: Path, log: Path) -> _Position:
+    """The delivery position the cursor file names, checked against the log (the start when there is no
+    cursor yet); ``AuditDeliveryError`` when it is unreadable or does not match the log."""
+    position = _load_cursor(cursor)
+    if position is None:
+        return _Position(0, None, 0, 0)
+    _check_cursor(log, position)
+    return position
+
+
+def cursor_seq(cursor: Path) -> int | None:
+    """The seq the cursor file reached (0 without one), or None when it cannot be read right now."""
+    try:
+        position = _load_cursor(cursor)
+    except AuditDeliveryError:
+        return None
+    return 0 if position is None else position.seq
 
 
 def _load_cursor(path: Path) -> _Position | None:
@@ -572,6 +594,7 @@ class AuditDelivery:
         http: httpx.AsyncClient | None = None,
         *,
         key: VerifyingKey | None = None,
+        poll_seconds: float = IDLE_POLL_SECONDS,
     ) -> None:
         if not settings.enabled:
             raise ValueError("audit delivery is not enabled (target none)")
@@ -583,6 +606,7 @@ class AuditDelivery:
             log_path.name + ".dead-letter.jsonl"
         )
         self._checker = None if key is None else _Checker(key)
+        self._poll_seconds = poll_seconds
         self._given_http = http
         self._http: httpx.AsyncClient | None = None
         self._credentials: UpstreamCredentials | None = None
@@ -652,7 +676,7 @@ class AuditDelivery:
         position = await asyncio.to_thread(self._open_position)
         self._position = position
         self._appended = max(
-            self._appended, position.seq, await asyncio.to_thread(_last_record_seq, self.log_path)
+            self._appended, position.seq, await asyncio.to_thread(last_record_seq, self.log_path)
         )
         self._reader = _LogReader(self.log_path, position, self._checker)
         self._start_task()
@@ -746,11 +770,7 @@ class AuditDelivery:
     # -- the task ------------------------------------------------------------------------------------
 
     def _open_position(self) -> _Position:
-        position = _load_cursor(self.cursor_path)
-        if position is None:
-            return _Position(0, None, 0, 0)
-        _check_cursor(self.log_path, position)
-        return position
+        return checked_cursor(self.cursor_path, self.log_path)
 
     async def _run(self) -> None:
         try:
@@ -788,7 +808,7 @@ class AuditDelivery:
                             return
                         self._state = "idle"
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+                            await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
                         continue
                     self._appended = max(self._appended, self._pending[-1].seq)
                 self._state = "retrying" if self._failures_in_row else "delivering"

@@ -502,7 +502,8 @@ def masking_row(upstream_base: str, patient_id: str) -> Row:
 def audit_row(upstream_base: str, patient_id: str) -> Row:
     """fhirwall-consent plus the audit trail: a request record per request in the hash-chained local log
     (fsync policy ``BENCH_AUDIT_FSYNC``, default interval). ``BENCH_AUDIT_DELIVERY=file`` also delivers the
-    BALP AuditEvents made from the log to a local file (the delivery's share of the cost)."""
+    BALP AuditEvents made from the log to a local file (the delivery's share of the cost), from a deliverer
+    child process (``BENCH_AUDIT_RUNNER``, default process) or inline."""
     claims = {"client_id": "bench-app", "scope": "launch/patient patient/*.rs", "patient": patient_id}
     folder = Path(tempfile.mkdtemp(prefix="fhirwall-bench-audit-"))
     env = {
@@ -514,6 +515,7 @@ def audit_row(upstream_base: str, patient_id: str) -> Row:
     if os.environ.get("BENCH_AUDIT_DELIVERY") == "file":
         env["FHIRWALL_AUDIT__DELIVERY__TARGET"] = "file"
         env["FHIRWALL_AUDIT__DELIVERY__FILE"] = str(folder / "delivered.jsonl")
+        env["FHIRWALL_AUDIT__DELIVERY__RUNNER"] = os.environ.get("BENCH_AUDIT_RUNNER", "process")
     return secured_row(
         "fhirwall-audit", upstream_base, GOAL_CONSENT_MIN_RPS_RATIO, claims, consent=True, extra_env=env
     )
@@ -905,12 +907,15 @@ def bench_round(
     round_no: int,
     skipped: dict[str, str],
 ) -> list[Measurement]:
-    """Measure every running row x request once, one at a time, rows in the given order.
+    """Measure every running row x request once, one at a time. Each round starts one row further down
+    the list (round 1 with the first), so no row is always measured early or late in a round: a drift of
+    the machine's speed during a round does not favour one row over another.
 
     A row whose server has exited since it started is reported in ``skipped`` and left out from then on.
     """
     results = []
-    for row in rows:
+    shift = (round_no - 1) % len(rows) if rows else 0
+    for row in rows[shift:] + rows[:shift]:
         if row.name in skipped:
             continue
         code = procs.exited(row.name)

@@ -154,10 +154,10 @@ def test_touching_many_patients_raises_an_alert(audit: AuditSetup, caplog: pytes
         assert entry["resource"]["id"] not in alerts[0].getMessage()
 
 
-def test_audit_events_are_delivered_to_the_audit_server(
-    upstream: SeededUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FHIRWALL_TEST_AUDIT_KEY", AUDIT_KEY)
+def delivery_proxy(
+    upstream: SeededUpstream, folder: Path, delivery: dict[str, Any]
+) -> tuple[RunningProxy, AuditSetup, int]:
+    """A proxy delivering its log's AuditEvents as ``delivery`` says (the key env var must be set)."""
     port = free_port()
     issuer_url = f"http://127.0.0.1:{port}/_dev"
     settings = make_settings(
@@ -165,16 +165,25 @@ def test_audit_events_are_delivered_to_the_audit_server(
         **{
             "server.port": port,
             "auth.dev_issuer.enabled": True,
-            "auth.dev_issuer.key_file": str(tmp_path / "key.pem"),
+            "auth.dev_issuer.key_file": str(folder / "key.pem"),
             "auth.dev_issuer.issuer": issuer_url,
-            "audit.log_file": str(tmp_path / "audit.jsonl"),
+            "audit.log_file": str(folder / "audit.jsonl"),
             "audit.log_key_env": "FHIRWALL_TEST_AUDIT_KEY",
-            "audit.delivery": {"target": "fhir", "url": upstream.base_url, "batch_size": 10},
+            "audit.delivery": delivery,
         },
     )
     proxy = RunningProxy(settings).start()
+    issuer = DevIssuer(load_or_create_key(folder / "key.pem"), issuer_url)
+    return proxy, AuditSetup(proxy, issuer, folder / "audit.jsonl"), port
+
+
+def test_audit_events_are_delivered_to_the_audit_server(
+    upstream: SeededUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FHIRWALL_TEST_AUDIT_KEY", AUDIT_KEY)
+    delivery = {"target": "fhir", "url": upstream.base_url, "batch_size": 10}
+    proxy, setup, port = delivery_proxy(upstream, tmp_path, delivery)
     try:
-        setup = AuditSetup(proxy, DevIssuer(load_or_create_key(tmp_path / "key.pem"), issuer_url), tmp_path)
         with setup.client("system/*.rs") as client:
             ids = [request_id(client.get("/Observation", params={"_count": "1"})) for _ in range(3)]
         logged = {event["id"] for event in read_events(tmp_path / "audit.jsonl")}
@@ -187,6 +196,32 @@ def test_audit_events_are_delivered_to_the_audit_server(
             }
         assert logged <= arrived
         assert len(logged) >= len(ids)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
+        assert ready["checks"]["audit-delivery"] == "ok"
+    finally:
+        proxy.stop()
+
+
+def test_audit_events_are_delivered_by_a_child_process(
+    upstream: SeededUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FHIRWALL_TEST_AUDIT_KEY", AUDIT_KEY)
+    delivered = tmp_path / "delivered.jsonl"
+    delivery = {"target": "file", "file": str(delivered), "runner": "process"}
+    proxy, setup, port = delivery_proxy(upstream, tmp_path, delivery)
+    try:
+        with setup.client("system/*.rs") as client:
+            for _ in range(5):
+                assert client.get("/Observation", params={"_count": "1"}).status_code == 200
+        logged = [event["id"] for event in read_events(tmp_path / "audit.jsonl")]
+        deadline = time.monotonic() + 20
+        arrived: list[str] = []
+        while time.monotonic() < deadline and arrived != logged:
+            time.sleep(0.1)
+            lines = delivered.read_bytes().splitlines() if delivered.exists() else []
+            arrived = [orjson.loads(line)["id"] for line in lines]
+        assert arrived == logged
+        assert len(logged) >= 5
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
         assert ready["checks"]["audit-delivery"] == "ok"
     finally:
