@@ -75,6 +75,7 @@ class ConsentGate:
         self.hide_existence = hide_existence
         self._recent: dict[tuple[str, int, tuple[Any, ...]], tuple[float, Any, ConsentVerdict]] = {}
         self._independence: dict[int, tuple[tuple[ConsentDirective, ...], bool]] = {}
+        self._requesters: dict[int, tuple[Principal, float, _Requester]] = {}
 
     async def check_resource(self, principal: Principal, body: bytes) -> None:
         """Raise when the patients' consent does not permit returning the resource in ``body``."""
@@ -216,13 +217,22 @@ class ConsentGate:
         return dict(zip(unique, found, strict=True))
 
     async def _requester(self, principal: Principal) -> _Requester:
-        """The requester's side of every decision in this request, computed once."""
+        """The requester's side of every decision in this request; reused for up to a second for the same
+        verified token (its time then as old as a reused verdict's, see ``_permits_patient``)."""
+        now = time.monotonic()
+        remembered = self._requesters.get(id(principal))
+        if remembered is not None and remembered[0] is principal and remembered[1] > now:
+            return remembered[2]
         context = AccessContext(
             actors=await self.actors.actors_for(principal),
             purposes=frozenset(principal.purpose_of_use),
             when=datetime.now(UTC),
         )
-        return _Requester(principal, context, self._implicit(principal), self._break_glass(principal))
+        requester = _Requester(principal, context, self._implicit(principal), self._break_glass(principal))
+        if len(self._requesters) > 10_000:
+            self._requesters.clear()
+        self._requesters[id(principal)] = (principal, now + _VERDICT_SECONDS, requester)
+        return requester
 
     def _verdict(
         self, requester: _Requester, resource: dict[str, Any], consents: Consents
