@@ -62,7 +62,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import ipaddress
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -80,6 +82,9 @@ MAX_RESOURCE_ENTITIES = 100
 
 ID_NAMESPACE = uuid.UUID("08d9c390-56d5-4095-a2c6-711765a381a4")
 """The fixed uuid5 namespace of AuditEvent ids (never change it: ids must stay stable across releases)."""
+
+_NAMESPACE_BYTES = ID_NAMESPACE.bytes
+_LAST_FAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: later (or negative) instants take the slow path
 
 EXTENSION_BASE = "https://fhirwall.org/fhir/StructureDefinition/"
 
@@ -213,7 +218,18 @@ def _event(event_id: str, kind: Json, common: Json, entities: list[Json]) -> Jso
 
 def _event_id(record: AuditRecord, key: str) -> str:
     base = record.request_id or f"{record.started!r}|{record.method}|{record.route}|{record.client_address}"
-    return str(uuid.uuid5(ID_NAMESPACE, f"{base}:{key}"))
+    return _uuid5(f"{base}:{key}")
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(ID_NAMESPACE, name))`` without the UUID object (it costs more than the hash)."""
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8"), usedforsecurity=False).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _subtypes(record: AuditRecord) -> list[Json]:
@@ -241,11 +257,30 @@ def _common(record: AuditRecord, observer: ObserverInfo) -> Json:
     if record.outcome != Outcome.SUCCESS:
         common["outcomeDesc"] = _outcome_description(record)
     common["agent"] = _agents(record, observer)
-    common["source"] = _source(observer)
+    common["source"] = _source(observer.name, observer.site)  # not keyed by the observer: it hashes slowly
     return common
 
 
 def _instant(seconds: float) -> str:
+    """The UTC instant with milliseconds, as ``datetime.fromtimestamp(seconds, UTC).isoformat(timespec=
+    "milliseconds")`` gives it with ``Z``: the whole second's text is memoised, the fraction rounded to
+    microseconds half to even (as ``fromtimestamp`` does) and then truncated to milliseconds."""
+    if not 0 <= seconds < _LAST_FAST_SECOND:
+        return _exact_instant(seconds)
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(whole: int) -> str:
+    """The UTC instant of a whole second since the epoch, to the second, without a zone."""
+    return datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
+
+
+def _exact_instant(seconds: float) -> str:
     moment = datetime.fromtimestamp(seconds, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -362,7 +397,7 @@ def _server_agent(record: AuditRecord, observer: ObserverInfo) -> Json:
     codings = [server_role]
     if record.interaction == "delete":
         codings.append(_coding(_PROVENANCE_PARTICIPANT, "custodian", "Custodian"))
-    agent: Json = {"type": {"coding": codings}, "who": _observer_reference(observer), "requestor": False}
+    agent: Json = {"type": {"coding": codings}, "who": _observer_reference(observer.name), "requestor": False}
     if observer.url:
         agent["network"] = {"address": observer.url, "type": "5"}  # URI
     return agent
@@ -376,16 +411,16 @@ def _directions(record: AuditRecord) -> tuple[Json, Json]:
 
 
 @functools.lru_cache(maxsize=16)
-def _source(observer: ObserverInfo) -> Json:
-    source: Json = {"observer": _observer_reference(observer)}
-    if observer.site:
-        source["site"] = observer.site
+def _source(name: str, site: str | None) -> Json:
+    source: Json = {"observer": _observer_reference(name)}
+    if site:
+        source["site"] = site
     source["type"] = [_coding(_SOURCE_TYPE, "4", "Application Server")]
     return source
 
 
-def _observer_reference(observer: ObserverInfo) -> Json:
-    return {"identifier": {"system": _OBSERVER, "value": observer.name}, "display": observer.name}
+def _observer_reference(name: str) -> Json:
+    return {"identifier": {"system": _OBSERVER, "value": name}, "display": name}
 
 
 # --- entities ----------------------------------------------------------------------------------------
@@ -468,4 +503,6 @@ def _identifier(system: str | None, value: str) -> Json:
 
 
 def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(item for item in items if item))
+    """The non-empty items, each once, in order."""
+    unique = dict.fromkeys(items)
+    return list(unique) if all(unique) else [item for item in unique if item]

@@ -201,7 +201,14 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _verified_record(raw: bytes) -> tuple[int, str, str, str, Json]:
+_Record = tuple[int, str, str, str, Json]
+"""A verified record line: (seq, prev, hash, kind, content)."""
+
+_MAX_LOOKED_AHEAD = 2048
+"""At most this many records the look-ahead verified are kept for the reader (not verified twice)."""
+
+
+def _verified_record(raw: bytes) -> _Record:
     """(seq, prev, hash, kind, content) of a record line whose hash matches its content; ``_BrokenChain``
     if not."""
     item = orjson.loads(raw)
@@ -238,18 +245,20 @@ class _Chain:
         self.seq = seq
         self.hash = digest
 
-    def feed(self, raw: bytes, checker: _Checker | None) -> tuple[int, str, str, Json] | None:
-        """Verify one complete line: a record (returns seq, hash, kind, content) or a checkpoint (None)."""
+    def feed(self, raw: bytes, checker: _Checker | None, known: _Record | None = None) -> _Record | None:
+        """Verify one complete line: a record (returns seq, prev, hash, kind, content) or a checkpoint
+        (None). ``known``: what ``_verified_record`` gave for this very line already (it is not redone)."""
         if raw.startswith(b'{"checkpoint":'):
             self._checkpoint(orjson.loads(raw), checker)
             return None
-        seq, prev, digest, kind, content = _verified_record(raw)
+        record = known or _verified_record(raw)
+        seq, prev, digest, _, _ = record
         if seq != self.seq + 1:
             raise _BrokenChain(f"seq {seq} where {self.seq + 1} was expected (records deleted or moved)")
         if self.hash is not None and prev != self.hash:
             raise _BrokenChain(f"record seq {seq}: prev does not match the previous record's hash")
         self.seq, self.hash = seq, digest
-        return seq, digest, kind, content
+        return record
 
     def _checkpoint(self, item: object, checker: _Checker | None) -> None:
         if (
@@ -277,6 +286,8 @@ class _LogReader:
     that checkpoint covers is handed out: a rewritten chain (records edited and every later hash
     recomputed) is caught by the checkpoint's signature before its records are delivered. Records after
     the last checkpoint are covered by no signature yet: they are delivered on the chain's word alone.
+    The records the look-ahead verified (at most ``_MAX_LOOKED_AHEAD``, kept with their bytes) are not
+    parsed and hashed again when read, unless their line no longer has the same bytes.
     """
 
     def __init__(self, path: Path, position: _Position, checker: _Checker | None) -> None:
@@ -292,6 +303,7 @@ class _LogReader:
         self._trusted_end = position.end  # end of the last checkpoint that verified
         self._bad_checkpoint: str | None = None
         self._ahead_stuck = False  # the look-ahead met a record that does not verify
+        self._looked_at: dict[int, tuple[bytes, _Record]] = {}  # by offset: lines the look-ahead verified
         self._can_sync = True
 
     def close(self) -> None:
@@ -324,18 +336,23 @@ class _LogReader:
                 break
             line_start = self._offset
             try:
-                record = self._chain.feed(raw, self._checker)
+                record = self._chain.feed(raw, self._checker, self._known(line_start, raw))
             except (_BrokenChain, orjson.JSONDecodeError) as exc:
                 reason = str(exc) if isinstance(exc, _BrokenChain) else "not valid JSON"
                 self.broken = f"byte {line_start} (after seq {self._chain.seq}): {reason}"
                 break
             self._offset += len(raw)
             if record is not None:
-                seq, digest, kind, content = record
+                seq, _, digest, kind, content = record
                 events += _pending_events(seq, digest, line_start, self._offset, kind, content)
         if events:
             self._sync(file)
         return events
+
+    def _known(self, start: int, raw: bytes) -> _Record | None:
+        """What the look-ahead found verifying the line at ``start``, if it read these very bytes there."""
+        looked = self._looked_at.pop(start, None)
+        return looked[1] if looked is not None and looked[0] == raw else None
 
     def _sync(self, file: IO[bytes]) -> None:
         """Make the records about to be delivered durable in the log first (the writer may sync only
@@ -387,6 +404,8 @@ class _LogReader:
             if record is None:
                 self._trusted_end = self._ahead_offset
                 return
+            if len(self._looked_at) < _MAX_LOOKED_AHEAD:
+                self._looked_at[start] = (raw, record)
 
 
 def last_record_seq(path: Path, block: int = 1 << 16) -> int:
