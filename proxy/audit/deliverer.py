@@ -23,6 +23,7 @@ import orjson
 
 from proxy.audit.delivery import AuditDelivery, AuditDeliveryError
 from proxy.audit.trail import AuditTrail
+from proxy.gc_tuning import tune_gc
 from proxy.settings import AuditSettings, ConfigError
 
 __all__ = ["EXIT_BROKEN_CHAIN", "EXIT_CONFIG", "deliverer_payload", "main"]
@@ -70,6 +71,7 @@ async def _deliver(log: Path, settings: AuditSettings) -> int:
     except AuditDeliveryError as exc:
         logger.error("the audit deliverer cannot start: %s", exc)
         return EXIT_CONFIG
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
