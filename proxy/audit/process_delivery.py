@@ -182,8 +182,13 @@ class ProcessDelivery:
             self._delivered = seq
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        # its own session: a Ctrl-C meant for the server does not cut the child's drain short
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.audit.deliverer", stdin=asyncio.subprocess.PIPE
+            sys.executable,
+            "-m",
+            "proxy.audit.deliverer",
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         assert child.stdin is not None
         child.stdin.write(self._payload)  # stdin stays open: the child stops when it closes
