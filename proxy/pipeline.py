@@ -71,7 +71,7 @@ from proxy.origin import resolve_origin
 from proxy.policy.access import AccessView
 from proxy.policy.consent_gate import ConsentGate
 from proxy.policy.decision import AccessDecision, ResponseCheck
-from proxy.policy.fast_bundle import ProvenSearchset, fast_patient_searchset
+from proxy.policy.fast_bundle import LinkSealer, ProvenSearchset, fast_patient_searchset
 from proxy.policy.paging import PageSealer, load_paging_key
 from proxy.policy.smart import check_operation_allowed
 from proxy.reidentify import Reidentifier, is_reidentify
@@ -451,7 +451,7 @@ class FhirEndpoint:
             return fhir_response(answer.status, b"", headers)
         if call.view is not None and call.decision is not None and 200 <= answer.status < 300:
             body, proof = self._checked_body(call, answer, upstream, call.view, call.decision)
-            if proof is None and (call.rights is not None or self.consent_gate is not None):
+            if proof is None and self._layers_want_proof(call) and not _nothing_to_filter(call):
                 proof = _one_patient_searchset(call.request, body)  # proved once for both layers
                 body = body if proof is None else proof.body
             patient = None if proof is None else proof.patient
@@ -509,10 +509,17 @@ class FhirEndpoint:
         if media_type(answer.content_type) in FHIR_JSON_TYPES:
             drop_total = self.consent_gate is not None  # consent may withhold entries on other pages
             fast = fast_checked_body(view, call.request, decision, answer.body, links, drop_total=drop_total)
+            if fast is None and self._layers_want_proof(call) and _nothing_to_filter(call):
+                # the token sees the whole page: prove it for the layers below and seal its links in one pass
+                fast = _one_patient_searchset(call.request, answer.body, links.seal)
             if fast is not None:
                 return fast.body, fast
         head = _check_upstream_json(answer)
         return checked_body(view, call.request, decision, head, answer.body, links), None
+
+    def _layers_want_proof(self, call: ProxyCall) -> bool:
+        """Whether the access policy or consent would use a proof that a page holds one patient's data."""
+        return call.rights is not None or self.consent_gate is not None
 
     async def _consent_checked(
         self, call: ProxyCall, principal: Principal, body: bytes, proof: ProvenSearchset | None
@@ -669,13 +676,27 @@ def _check_resource_body(request: FhirRequest, document: dict[str, Any]) -> Fhir
     return request
 
 
-def _one_patient_searchset(request: FhirRequest, body: bytes) -> ProvenSearchset | None:
+def _one_patient_searchset(
+    request: FhirRequest, body: bytes, seal: LinkSealer | None = None
+) -> ProvenSearchset | None:
     """The proof that a search for one patient's resources of one type has every entry naming that patient,
-    with the body without its total (consent may withhold entries on other pages); None when not proved."""
+    with the body without its total (consent may withhold entries on other pages) and its links sealed by
+    ``seal`` if given; None when not proved."""
     searched = searched_patient(request)
     if searched is None or searched[0] not in PATIENT_COMPARTMENT_TYPES:
         return None
-    return fast_patient_searchset(body, searched[0], searched[1], None, total_allowed=False)
+    return fast_patient_searchset(body, searched[0], searched[1], seal, total_allowed=False)
+
+
+def _nothing_to_filter(call: ProxyCall) -> bool:
+    """A searchset answer the token sees whole (``user``/``system`` read and search on every type): the
+    scope check only seals its links and fixes its total."""
+    return (
+        call.view is not None
+        and call.decision is not None
+        and call.decision.response is ResponseCheck.BUNDLE
+        and call.view.sees_everything()
+    )
 
 
 def _check_upstream_json(answer: BufferedResponse) -> ResourceHead:

@@ -19,7 +19,7 @@ import orjson
 
 from proxy.fhir.slim import TYPE_ROOTS, Reference, list_of
 
-__all__ = ["ProvenSearchset", "fast_patient_searchset"]
+__all__ = ["LinkSealer", "ProvenSearchset", "fast_patient_searchset"]
 
 _NULL = msgspec.Raw(b"null")
 _RESOURCE_TYPE = attrgetter("resource.resourceType")

@@ -358,3 +358,38 @@ def test_searches_decide_once_per_patient_but_labelled_data_is_still_checked(set
     )
     mine = httpx.get(f"{setup.proxies[0].base_url}/Observation", headers={"authorization": f"Bearer {own}"})
     assert ids(mine) == {person.observation, person.psy_observation}
+
+
+def test_a_clinicians_one_patient_pages_are_sealed_and_still_checked(setup: ConsentSetup) -> None:
+    """``user/*`` sees every page whole: it is proved for consent and its links sealed in one pass."""
+    person = new_person(setup.upstream)
+    extra = {
+        setup.get(f"/Observation/{person.observation}").json()["id"],
+        *(
+            create(
+                setup.upstream,
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "subject": {"reference": f"Patient/{person.patient}"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                },
+            )
+            for _ in range(2)
+        ),
+    }
+    seen: set[str] = set()
+    url: str | None = f"/Observation?patient={person.patient}&_count=2&_total=accurate"
+    pages = 0
+    while url is not None and pages < 5:
+        page = setup.get(url)
+        assert page.status_code == 200
+        document = page.json()
+        assert "total" not in document  # consent may withhold entries on other pages
+        seen |= ids(page)
+        links = {link["relation"]: link["url"] for link in document.get("link", [])}
+        base = setup.proxies[0].base_url
+        assert all(link.startswith(base + "/_page?") for link in links.values())  # sealed, never upstream
+        url = links["next"].removeprefix(base) if "next" in links else None
+        pages += 1
+    assert seen == extra  # every page checked: the PSY-labelled one withheld, the others all there
