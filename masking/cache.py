@@ -11,7 +11,7 @@ Two kinds of results share one bounded cache per profile:
   Bundle (see ``masking.bundles``). A repeated search page has byte-identical entries even though its
   sealed paging links differ on every answer.
 
-The cache is bounded by entries and by bytes (masked JSON, the source bytes kept as keys, and a fixed
+The cache is bounded by entries and by bytes (masked JSON, the source bytes kept with it, and a fixed
 allowance per entry); least recently used entries go first. It is only used for profiles whose methods are
 deterministic.
 """
