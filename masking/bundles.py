@@ -94,7 +94,7 @@ def mask_bundle(
         if orjson.loads(memoryview(members["resourceType"])) != "Bundle":
             return None
         shell: dict[str, Any] = {
-            name: [] if name == _ENTRY else orjson.loads(rewritten(bytes(raw), rewrite))
+            name: [] if name == _ENTRY else orjson.loads(_member(raw, rewrite))
             for name, raw in members.items()
         }
         entries = _entries(walker, bytes(raw_entries), shell, own, today, scope_key, cache, rewrite)
@@ -146,6 +146,11 @@ def _entries(
     cache.put(key, result)
     stats.merge(own)
     return result
+
+
+def _member(raw: msgspec.Raw, rewrite: InputRewrite | None) -> bytes | memoryview:
+    """A member of the Bundle's shell as text to parse: rewritten, else as sent (no copy)."""
+    return memoryview(raw) if rewrite is None else rewrite.apply(bytes(raw))
 
 
 def _bound(context: MaskContext) -> tuple[str | None, str | None]:

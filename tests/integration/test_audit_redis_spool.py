@@ -17,9 +17,9 @@ import redis
 from proxy.audit.redis_spool import GROUP, STREAM
 from proxy.embedded_upstream import EmbeddedUpstream
 from tests.conftest import RedisServer, RunningProxy, SeededUpstream, free_port, make_settings
+from tests.integration.test_audit_delivery import request_id
 
 KEY_ENV = "FHIRWALL_TEST_SPOOL_KEY"
-REQUEST_ID_SYSTEM = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
 
 
 @pytest.fixture
@@ -63,14 +63,6 @@ def send(proxy: RunningProxy, patient: str, request_ids: list[str]) -> None:
         for request_id in request_ids:
             response = http.get(f"/Patient/{patient}", headers={"x-request-id": request_id})
             assert response.status_code == 200, response.text
-
-
-def request_id(event: dict[str, Any]) -> str:
-    for entity in event.get("entity", []):
-        if entity.get("type", {}).get("system") == REQUEST_ID_SYSTEM:
-            value: str = entity["what"]["identifier"]["value"]
-            return value
-    raise AssertionError("an AuditEvent without its request id")
 
 
 def stored(server: EmbeddedUpstream) -> tuple[list[dict[str, Any]], int]:

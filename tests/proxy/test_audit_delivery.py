@@ -252,6 +252,24 @@ def ids(events: list[dict[str, Any]]) -> list[str]:
     return [event["id"] for event in events]
 
 
+def cursor_at_first_failure(server: FakeAuditServer, log: Path) -> int:
+    """Deliver ``log`` in batches of 10 with slow retries; the cursor's seq when the first attempt had failed
+    (then everything is delivered)."""
+    cursors: list[int] = []
+
+    async def main() -> None:
+        options = {"batch_size": 10, "retry_initial_seconds": 0.5, "retry_max_seconds": 0.5}
+        delivery = AuditDelivery(log, settings(server.url, **options))
+        await delivery.start()
+        await wait_until(lambda: delivery.status().failed_attempts >= 1)
+        cursors.append(delivery.delivered_seq)
+        await wait_until(lambda: delivery.backlog == 0)
+        await delivery.stop()
+
+    run(main)
+    return cursors[0]
+
+
 def cursor_seq(log: Path) -> int:
     seq: int = orjson.loads(log.with_name(log.name + ".cursor").read_bytes())["seq"]
     return seq
@@ -546,19 +564,7 @@ def test_partially_failed_batch_is_retried_from_its_first_failed_entry(
     events = events_of(records)
     write_log(log, records)
     server.store.fail_once = {events[3]["id"], events[6]["id"]}
-    cursors: list[int] = []
-
-    async def main() -> None:
-        options = {"batch_size": 10, "retry_initial_seconds": 0.5, "retry_max_seconds": 0.5}
-        delivery = AuditDelivery(log, settings(server.url, **options))
-        await delivery.start()
-        await wait_until(lambda: delivery.status().failed_attempts >= 1)
-        cursors.append(delivery.delivered_seq)
-        await wait_until(lambda: delivery.backlog == 0)
-        await delivery.stop()
-
-    run(main)
-    assert cursors == [3]  # the cursor stopped before the first failed entry (seq 4)
+    assert cursor_at_first_failure(server, log) == 3  # stopped before the first failed entry (seq 4)
     assert server.store.requests == [("POST", 10), ("POST", 2)]  # only the failed entries were sent again
     assert sorted(server.store.writes) == sorted(ids(events))
     assert set(server.store.versions.values()) == {1}
@@ -703,19 +709,8 @@ def test_the_cursor_passes_a_record_only_when_all_its_events_are_done(
     events = events_of(records)  # seq 3 holds events 2-5
     write_log(log, records)
     server.store.fail_once = {events[4]["id"]}  # the search's third event
-    cursors: list[int] = []
-
-    async def main() -> None:
-        options = {"batch_size": 10, "retry_initial_seconds": 0.5, "retry_max_seconds": 0.5}
-        delivery = AuditDelivery(log, settings(server.url, **options))
-        await delivery.start()
-        await wait_until(lambda: delivery.status().failed_attempts >= 1)
-        cursors.append(delivery.delivered_seq)
-        await wait_until(lambda: delivery.backlog == 0)
-        await delivery.stop()
-
-    run(main)
-    assert cursors == [2]  # before the search: two of its events were confirmed, one was not
+    # before the search: two of its events were confirmed, one was not
+    assert cursor_at_first_failure(server, log) == 2
     assert server.store.requests == [("POST", 7), ("POST", 1)]  # only the failed entry is sent again
     assert sorted(server.store.writes) == sorted(ids(events))
     assert set(server.store.versions.values()) == {1}
