@@ -5,14 +5,15 @@ minutes, repeated denials for one user or client, any break-glass access, bulk e
 allowed hours.
 An alert names its rule and a pseudonymous actor, never patient identifiers; the trail logs it on
 ``fhirwall.alert``, adds it to the record (a span event in telemetry) and, when configured, posts it to a
-webhook. State is kept per process in bounded sliding windows.
+webhook. State is kept per process in bounded sliding windows; a counting rule alerts once per actor and
+window.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from proxy.audit.record import AuditRecord, Decision
 __all__ = ["Alert", "AlertEngine", "AlertSettings"]
 
 _MAX_ACTORS = 50_000
+_MAX_PATIENTS_PER_ACTOR = 100_000
 
 
 class AlertSettings(BaseModel):
@@ -79,13 +81,21 @@ class Alert:
 
 
 class AlertEngine:
-    """Evaluates the configured rules on each record."""
+    """Evaluates the configured rules on each record.
+
+    Each counting rule alerts once when an actor's count goes over its limit, then stays quiet for that
+    actor for one window (a user denied 10,000 times raises one alert per window, not 10,000 alerts and
+    webhook posts). Work per record is constant: windows are pruned from their oldest end."""
 
     def __init__(self, settings: AlertSettings) -> None:
         self._settings = settings
         self._window = settings.window_minutes * 60
-        self._patients: dict[str, deque[tuple[float, str]]] = defaultdict(deque)
-        self._denials: dict[str, deque[float]] = defaultdict(deque)
+        self._patients: dict[str, dict[str, float]] = {}
+        """Per actor: patient digest -> when last touched, oldest first."""
+        self._denials: dict[str, deque[float]] = {}
+        """Per actor: the times of its latest denials (at most the limit + 1 are needed)."""
+        self._quiet_until: dict[tuple[str, str], float] = {}
+        """(rule, actor) -> until when that rule stays quiet for the actor after alerting."""
         self._hours = _parse_hours(settings.export_hours) if settings.export_hours else None
 
     def observe(self, record: AuditRecord, now: float | None = None) -> list[Alert]:
@@ -103,52 +113,60 @@ class AlertEngine:
         if break_glass:
             alerts.append(Alert("break-glass", actor, 1, at, record.request_id))
         if count_patients:
-            alerts += self._distinct_patients(record, actor, at)
+            count = self._distinct_patients(record, actor, at)
+            alerts += self._over("distinct-patients", settings.distinct_patients, count, actor, at, record)
         if count_denial:
-            alerts += self._repeated_denials(record, actor, at)
+            count = self._repeated_denials(actor, at)
+            alerts += self._over("repeated-denials", settings.repeated_denials, count, actor, at, record)
         if export and self._hours is not None and not _within(self._hours, at):
             alerts.append(Alert("export-outside-hours", actor, 1, at, record.request_id))
         return alerts
 
-    def _distinct_patients(self, record: AuditRecord, actor: str, at: float) -> list[Alert]:
-        seen = self._recent(self._patients, actor, at)
-        seen.extend((at, _digest(patient)) for patient in record.patients)
-        distinct = len({patient for _, patient in seen})
-        limit = self._settings.distinct_patients or 0
-        return (
-            [Alert("distinct-patients", actor, distinct, at, record.request_id)] if distinct > limit else []
-        )
+    def _over(
+        self, rule: str, limit: int | None, count: int, actor: str, at: float, record: AuditRecord
+    ) -> list[Alert]:
+        """An alert when ``count`` is over ``limit`` and the rule is not quiet for this actor."""
+        if count <= (limit or 0) or self._quiet_until.get((rule, actor), -1.0) > at:
+            return []
+        _bound(self._quiet_until)
+        self._quiet_until[(rule, actor)] = at + self._window
+        return [Alert(rule, actor, count, at, record.request_id)]
 
-    def _repeated_denials(self, record: AuditRecord, actor: str, at: float) -> list[Alert]:
-        denials = self._recent_times(self._denials, actor, at)
+    def _distinct_patients(self, record: AuditRecord, actor: str, at: float) -> int:
+        """How many distinct patients the actor touched within the window, this record included."""
+        seen = self._patients.get(actor)
+        if seen is None:
+            _bound(self._patients)
+            seen = self._patients[actor] = {}
+        for patient in record.patients:
+            digest = _digest(patient)
+            seen.pop(digest, None)  # re-inserted last: the dict stays ordered by last touch
+            seen[digest] = at
+        horizon = at - self._window
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] >= horizon:
+                break
+            del seen[oldest]
+        while len(seen) > _MAX_PATIENTS_PER_ACTOR:  # memory stays bounded; the count stays over any limit
+            del seen[next(iter(seen))]
+        return len(seen)
+
+    def _repeated_denials(self, actor: str, at: float) -> int:
+        """How many times the actor was denied within the window (capped at the limit + 1)."""
+        denials = self._denials.get(actor)
+        if denials is None:
+            _bound(self._denials)
+            denials = self._denials[actor] = deque(maxlen=(self._settings.repeated_denials or 0) + 1)
         denials.append(at)
-        limit = self._settings.repeated_denials or 0
-        return (
-            [Alert("repeated-denials", actor, len(denials), at, record.request_id)]
-            if len(denials) > limit
-            else []
-        )
+        while denials and denials[0] < at - self._window:
+            denials.popleft()
+        return len(denials)
 
-    def _recent(
-        self, table: dict[str, deque[tuple[float, str]]], actor: str, at: float
-    ) -> deque[tuple[float, str]]:
-        self._bound(table)
-        entries = table[actor]
-        while entries and entries[0][0] < at - self._window:
-            entries.popleft()
-        return entries
 
-    def _recent_times(self, table: dict[str, deque[float]], actor: str, at: float) -> deque[float]:
-        self._bound(table)
-        entries = table[actor]
-        while entries and entries[0] < at - self._window:
-            entries.popleft()
-        return entries
-
-    @staticmethod
-    def _bound(table: dict[str, Any]) -> None:
-        if len(table) > _MAX_ACTORS:  # a flood of distinct actors must not grow memory without bound
-            table.clear()
+def _bound(table: dict[Any, Any]) -> None:
+    if len(table) > _MAX_ACTORS:  # a flood of distinct actors must not grow memory without bound
+        table.clear()
 
 
 def _actor(record: AuditRecord) -> str:
