@@ -218,10 +218,7 @@ class FhirEndpoint:
         if not record.status:
             record.status = response.status_code
         try:
-            if self.audit.spool is None:
-                self.audit.submit(record)
-            else:
-                await self.audit.submit_spooled(record)
+            await self.audit.commit(record)
         except ProxyError as error:
             return outcome_response(error)
         return response

@@ -44,7 +44,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -583,24 +583,35 @@ class AuditChainWriter:
 
     def append(self, event: Mapping[str, Any]) -> int:
         """Write one AuditEvent as the next record; returns its seq. ``AuditLogError`` when it cannot."""
-        return self._append("event", canonical(event))
+        return self._append("event", [canonical(event)])
 
     def append_request(self, entry: Mapping[str, Any]) -> int:
         """Write one request's entry (``proxy.audit.entry.request_entry``) as the next record; returns its
         seq. ``AuditLogError`` when it cannot."""
-        return self._append("request", canonical(entry))
+        return self._append("request", [canonical(entry)])
 
-    def _append(self, kind: str, body: bytes) -> int:
+    def append_requests(self, entries: Sequence[Mapping[str, Any]]) -> int:
+        """Write several requests' entries as the next records, in one write; returns the last one's seq.
+        ``AuditLogError`` when they cannot be written (then none of them counts as written)."""
+        return self._append("request", [canonical(entry) for entry in entries])
+
+    def _append(self, kind: str, bodies: list[bytes]) -> int:
+        """Chain ``bodies`` on as records of ``kind`` and write them with one ``write``."""
         with self._lock:
             fd = self._usable()
-            seq = self._seq + 1
-            prev = self._hash
-            digest = hashlib.sha256(_HASH_PREFIX[kind] % (seq, prev))
-            digest.update(body)
-            new_hash = digest.hexdigest().encode("ascii")
-            self._write(fd, _RECORD_LINE[kind] % (seq, prev, body, new_hash))
-            self._seq, self._hash = seq, new_hash
-            self._uncovered += 1
+            if not bodies:
+                return self._seq
+            seq, prev = self._seq, self._hash
+            prefix, template = _HASH_PREFIX[kind], _RECORD_LINE[kind]
+            lines = []
+            for body in bodies:
+                seq += 1
+                digest = hashlib.sha256(prefix % (seq, prev) + body).hexdigest().encode("ascii")
+                lines.append(template % (seq, prev, body, digest))
+                prev = digest
+            self._write(fd, lines[0] if len(lines) == 1 else b"".join(lines))
+            self._seq, self._hash = seq, prev
+            self._uncovered += len(lines)
             if self._uncovered >= self._every:
                 self._checkpoint(fd)
             else:

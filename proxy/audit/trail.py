@@ -1,11 +1,13 @@
 """The audit trail of the proxy: every request's record in the local tamper-evident log.
 
-``AuditTrail.submit`` is called once per request, before the answer is sent: the record's entry
+``AuditTrail.commit`` is awaited once per request, before the answer is sent: the record's entry
 (``proxy.audit.entry``: the facts its BALP AuditEvents are made of) is appended to the hash-chained log
 (``proxy.audit.chain``) as one request record, and the AuditEvents are made from it when the log is read
-(delivery, ``fhirwall audit query`` and ``report``), not while the client waits. If the log cannot be
-written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request nobody could audit;
-``continue`` serves it and logs the failure loudly. With ``audit.delivery.spool: redis`` the entry is also
+(delivery, ``fhirwall audit query`` and ``report``), not while the client waits. The records of the requests
+that finish in the same turn of the event loop are written together at its end, in one ``write``, and
+those requests are answered after it (``submit`` writes one record at once, for callers outside a request).
+If the log cannot be written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request
+nobody could audit; ``continue`` serves it and logs the failure loudly. With ``audit.delivery.spool: redis`` the entry is also
 appended to the Redis spool (``proxy.audit.redis_spool``), under the same policy.
 
 With several worker processes (``AuditSettings.workers``) each one writes its own log, named by the slot it
@@ -75,6 +77,8 @@ class AuditTrail:
         self.on_append: Callable[[int], None] | None = None
         """Told the sequence number of the last record written (delivery wakes on it)."""
         self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
+        """Records waiting for this turn of the event loop's write, each with its request's waiter."""
         self.spool: RedisSpoolWriter | None = None
         """With ``audit.delivery.spool: redis``: each entry is also appended to the Redis spool."""
 
@@ -121,20 +125,69 @@ class AuditTrail:
             if self._settings.on_failure == "refuse":
                 raise AuditUnavailableError() from None
 
-    def submit(self, record: AuditRecord) -> Json | None:
-        """Record one request in the local log; ``AuditUnavailableError`` when it cannot be and the policy
-        refuses. Returns the entry written (None when there is no local log or it failed)."""
+    async def commit(self, record: AuditRecord) -> None:
+        """Record one request before its answer goes out (``AuditUnavailableError`` when it cannot be and
+        the policy refuses).
+
+        The records of all requests that get here in the same turn of the event loop are written together
+        at the end of it, with one ``write``, and only then are those requests answered: the same
+        guarantee as ``submit``, at a fraction of the cost per request under load (the work for several
+        records runs back to back instead of between other requests' work). With the Redis spool, each
+        record goes through ``submit_spooled``."""
+        if self._writer is None or self.spool is not None:
+            await self.submit_spooled(record)
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._write_pending)
         record.duration_ms = max(0.0, (time.time() - record.started) * 1000)
-        for alert in self._alerts.observe(record):
-            self._raise_alert(record, alert)
+        self._pending.append((record, waiter))
+        await waiter
+
+    def _write_pending(self) -> None:
+        """Write the records gathered in this turn of the loop, then release their requests."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return  # already written by ``close``
+        refused = False
+        try:
+            self._write([record for record, _ in pending])
+        except Exception as exc:  # whatever went wrong, no request waits for ever or goes out unrecorded
+            if not isinstance(exc, AuditUnavailableError):
+                logger.exception("the audit records could not be handled")
+            refused = True
+        for _, waiter in pending:
+            if waiter.done():  # its request was cancelled (the client went away) meanwhile
+                continue
+            if refused:
+                waiter.set_exception(AuditUnavailableError())
+            else:
+                waiter.set_result(None)
+
+    def submit(self, record: AuditRecord) -> Json | None:
+        """Record one request in the local log now; ``AuditUnavailableError`` when it cannot be and the
+        policy refuses. Returns the entry written (None when there is no local log or it failed)."""
+        record.duration_ms = max(0.0, (time.time() - record.started) * 1000)
+        entries = self._write([record])
+        return entries[0] if entries else None
+
+    def _write(self, records: list[AuditRecord]) -> list[Json]:
+        """Raise the records' alerts, append their entries to the log in one write and make their
+        telemetry; returns the entries written (none when there is no log or it failed and the policy
+        serves anyway)."""
+        for record in records:
+            for alert in self._alerts.observe(record):
+                self._raise_alert(record, alert)
         seq = 0
-        entry: Json | None = None
+        entries: list[Json] = []
         try:
             if self._writer is not None:
-                entry = request_entry(record, self._observer)
-                seq = self._writer.append_request(entry)
+                observer = self._observer
+                entries = [request_entry(record, observer) for record in records]
+                seq = self._writer.append_requests(entries)
         except Exception:
-            entry = None
+            entries = []
             logger.exception("the audit log could not be written")
             if self._settings.on_failure == "refuse":
                 raise AuditUnavailableError() from None
@@ -142,8 +195,9 @@ class AuditTrail:
             if seq and self.on_append is not None:
                 self.on_append(seq)
             if self.telemetry is not None:
-                self.telemetry.record(record)
-        return entry
+                for record in records:
+                    self.telemetry.record(record)
+        return entries
 
     def _raise_alert(self, record: AuditRecord, alert: Alert) -> None:
         """Log the alert, keep it on the record (telemetry shows it) and post it to the webhook if any."""
@@ -158,7 +212,10 @@ class AuditTrail:
             task.add_done_callback(self._webhook_tasks.discard)
 
     def close(self) -> None:
-        """Write the final signed checkpoint, close the log and flush telemetry."""
+        """Write the records still waiting, the final signed checkpoint, close the log and flush
+        telemetry."""
+        if self._pending:
+            self._write_pending()
         try:
             if self._writer is not None:
                 self._writer.close()

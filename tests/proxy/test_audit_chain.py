@@ -725,6 +725,23 @@ def test_request_record_format_and_round_trip(log: Path) -> None:
     assert (report.ok, report.records, report.checkpoints, report.warnings) == (True, 5, 2, [])
 
 
+def test_several_entries_in_one_write_chain_exactly_as_one_by_one(log: Path, tmp_path: Path) -> None:
+    entries = [request_entry(request_record(n), OBSERVER) for n in range(1, 8)]
+    one_by_one = tmp_path / "one-by-one.jsonl"
+    with AuditChainWriter(one_by_one, key=KEY, checkpoint_every=3, fsync="never") as writer:
+        for entry in entries:
+            writer.append_request(entry)
+    with AuditChainWriter(log, key=KEY, checkpoint_every=3, fsync="never") as writer:
+        assert writer.append_requests([]) == 0
+        assert writer.append_requests(entries[:2]) == 2
+        assert writer.append_requests(entries[2:]) == 7  # crosses a checkpoint: written after the batch
+    records = [item for item in parsed(log) if "seq" in item]
+    assert records == [item for item in parsed(one_by_one) if "seq" in item]
+    checkpoints = [item["checkpoint"] for item in parsed(log) if "checkpoint" in item]
+    assert checkpoints == [7]  # the batch of five crossed one boundary; close had nothing left to cover
+    assert verify_chain(log, key=KEY).ok
+
+
 def test_event_and_request_records_share_one_chain(log: Path) -> None:
     with AuditChainWriter(log, key=KEY, checkpoint_every=2, fsync="never") as writer:
         writer.append(audit_event(1))

@@ -106,6 +106,129 @@ def test_on_failure_continue_serves_the_request(tmp_path: Path, monkeypatch: pyt
     trail.close()
 
 
+# -- commit: the records of one turn of the event loop in one write, before any of them is answered --------
+
+
+def _counting_writes(monkeypatch: pytest.MonkeyPatch, log: Path) -> list[bytes]:
+    """Every ``write`` of records (not checkpoints) from now on, passed through to the real ``write``."""
+    written: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if bytes(data).startswith(b'{"seq"'):
+            written.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    return written
+
+
+def _logged_ids(log: Path) -> list[str]:
+    return [
+        line["request"]["request_id"]
+        for line in map(orjson.loads, log.read_bytes().splitlines())
+        if "seq" in line
+    ]
+
+
+def test_requests_of_one_turn_are_written_together_before_any_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    trail = AuditTrail.from_settings(settings(log), ENVIRON)
+    appended: list[int] = []
+    trail.on_append = appended.append
+    writes = _counting_writes(monkeypatch, log)
+    submitted = records()
+
+    async def answer(record: AuditRecord) -> list[str]:
+        await trail.commit(record)
+        return _logged_ids(log)  # what the log holds when this request may be answered
+
+    async def main() -> list[list[str]]:
+        return await asyncio.gather(*(answer(record) for record in submitted))
+
+    seen_when_answered = asyncio.run(main())
+    ids = [record.request_id for record in submitted]
+    assert seen_when_answered == [ids] * 4  # every answer waited for all four records
+    assert (len(writes), appended) == (1, [4])
+    asyncio.run(main())  # a later turn: a second write, chained on
+    assert (len(writes), appended) == (2, [4, 8])
+    monkeypatch.undo()
+    trail.close()
+    assert _logged_ids(log) == ids * 2
+    assert verify_chain(log, key=ENVIRON[KEY_ENV].encode()).records == 8
+
+
+@pytest.mark.parametrize(("on_failure", "refused"), [("refuse", True), ("continue", False)])
+def test_a_failed_write_refuses_every_request_of_its_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_failure: str, refused: bool
+) -> None:
+    trail = AuditTrail.from_settings(settings(tmp_path / "audit.jsonl", on_failure=on_failure), ENVIRON)
+    _failing_writes(monkeypatch)
+
+    async def main() -> list[BaseException | None]:
+        return await asyncio.gather(*(trail.commit(record) for record in records()), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    monkeypatch.undo()
+    trail.close()
+    assert [isinstance(outcome, AuditUnavailableError) for outcome in outcomes] == [refused] * 4
+
+
+def test_any_error_while_writing_refuses_the_turn_and_releases_every_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    trail = AuditTrail.from_settings(settings(tmp_path / "audit.jsonl", on_failure="continue"), ENVIRON)
+
+    def broken(record: AuditRecord) -> list[Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(trail._alerts, "observe", broken)
+
+    async def main() -> list[BaseException | None]:
+        commits = asyncio.gather(*(trail.commit(record) for record in records()), return_exceptions=True)
+        return await asyncio.wait_for(commits, timeout=10)
+
+    outcomes = asyncio.run(main())
+    trail.close()
+    assert all(isinstance(outcome, AuditUnavailableError) for outcome in outcomes)  # fail closed, no hang
+    assert "the audit records could not be handled" in caplog.text
+
+
+def test_a_cancelled_request_leaves_the_others_of_its_turn_alone(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    trail = AuditTrail.from_settings(settings(log), ENVIRON)
+    first, second, third, _ = records()
+
+    async def main() -> list[BaseException | None]:
+        tasks = [asyncio.create_task(trail.commit(record)) for record in (first, second, third)]
+        await asyncio.sleep(0)  # all three wait for this turn's write
+        tasks[1].cancel()  # its client went away
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    trail.close()
+    assert (outcomes[0], outcomes[2]) == (None, None)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert _logged_ids(log) == ["r-1", "r-2", "r-3"]  # the cancelled request was handled: it is recorded
+
+
+def test_closing_writes_the_records_still_waiting(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    trail = AuditTrail.from_settings(settings(log), ENVIRON)
+
+    async def main() -> None:
+        waiting = asyncio.create_task(trail.commit(records()[0]))
+        await asyncio.sleep(0)
+        trail.close()  # before the turn's write ran
+        await waiting  # released, not left waiting
+
+    asyncio.run(main())
+    assert _logged_ids(log) == ["r-1"]
+    assert verify_chain(log, key=ENVIRON[KEY_ENV].encode()).ok
+
+
 # -- through the proxy's ASGI app (no upstream needed: the requests are refused before it) -----------------
 
 
