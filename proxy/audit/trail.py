@@ -7,8 +7,8 @@
 that finish in the same turn of the event loop are written together at its end, in one ``write``, and
 those requests are answered after it (``submit`` writes one record at once, for callers outside a request).
 If the log cannot be written, ``on_failure: refuse`` (the default) answers 503 instead of serving a request
-nobody could audit; ``continue`` serves it and logs the failure loudly. With ``audit.delivery.spool: redis`` the entry is also
-appended to the Redis spool (``proxy.audit.redis_spool``), under the same policy.
+nobody could audit; ``continue`` serves it and logs the failure loudly. With ``audit.delivery.spool: redis``
+the entry is also appended to the Redis spool (``proxy.audit.redis_spool``), under the same policy.
 
 With several worker processes (``AuditSettings.workers``) each one writes its own log, named by the slot it
 claims (``proxy.audit.slots``): ``audit.jsonl`` becomes ``audit.0.jsonl``, ``audit.1.jsonl``, ...
