@@ -905,8 +905,8 @@ def restart_rows(procs: Processes, rows: list[Row], skipped: dict[str, str]) -> 
     """Start every row's server afresh (same port and settings) before a round.
 
     Two processes of one row differ by up to 3 % in throughput for as long as they run (hash seeds,
-    memory layout): measured with three identical consent rows, 5,210 / 5,081 / 5,061 req/s in one round
-    and the same order in the next. Fresh processes each round turn that into noise the median absorbs,
+    memory layout): three identical consent rows measured 5,210 / 5,081 / 5,061 req/s in one round and
+    5,119 / 4,961 / 4,963 in the next. Fresh processes each round turn that into noise the median absorbs,
     where one process per run would bias every ratio of that run the same way."""
     for row in rows:
         if row.command is None or row.name in skipped:
