@@ -152,7 +152,7 @@ class AuditTrail:
             return  # already written by ``close``
         refused = False
         try:
-            self._write([record for record, _ in pending])
+            self._handle([record for record, _ in pending])
         except Exception as exc:  # whatever went wrong, no request waits for ever or goes out unrecorded
             if not isinstance(exc, AuditUnavailableError):
                 logger.exception("the audit records could not be handled")
@@ -169,10 +169,10 @@ class AuditTrail:
         """Record one request in the local log now; ``AuditUnavailableError`` when it cannot be and the
         policy refuses. Returns the entry written (None when there is no local log or it failed)."""
         record.duration_ms = max(0.0, (time.time() - record.started) * 1000)
-        entries = self._write([record])
+        entries = self._handle([record])
         return entries[0] if entries else None
 
-    def _write(self, records: list[AuditRecord]) -> list[Json]:
+    def _handle(self, records: list[AuditRecord]) -> list[Json]:
         """Raise the records' alerts, append their entries to the log in one write and make their
         telemetry; returns the entries written (none when there is no log or it failed and the policy
         serves anyway)."""
