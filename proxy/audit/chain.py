@@ -609,7 +609,7 @@ class AuditChainWriter:
                 digest = hashlib.sha256(prefix % (seq, prev) + body).hexdigest().encode("ascii")
                 lines.append(template % (seq, prev, body, digest))
                 prev = digest
-            self._write(fd, lines[0] if len(lines) == 1 else b"".join(lines))
+            self._write(fd, b"".join(lines))
             self._seq, self._hash = seq, prev
             self._uncovered += len(lines)
             if self._uncovered >= self._every:
